@@ -1,0 +1,164 @@
+package httpfx
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Config configures the shared client and its transport. Field names follow net/http's where
+// net/http has the same setting.
+//
+// The zero value is valid but is not what you want: every field's zero value keeps net/http's
+// meaning (no timeouts, 2 idle connections per host, no proxy). Start from DefaultConfig and
+// change what you need. A Config is a plain value; copies are independent.
+type Config struct {
+	// Timeout bounds a whole request through the shared client, from admission until the
+	// response body is read or closed, as http.Client.Timeout does. A Timeout of zero means no
+	// timeout. Default 30s: generous for RPC-style calls, still a bound; streaming or large
+	// downloads should raise it or set a longer deadline on the request's context.
+	Timeout time.Duration `yaml:"timeout" json:"timeout"`
+
+	// DialTimeout bounds establishing one TCP connection. A DialTimeout of zero means no
+	// timeout other than the operating system's. Default 5s (net/http's default is 30s): long
+	// enough for two SYN retransmissions, short enough that a dead upstream fails fast.
+	DialTimeout time.Duration `yaml:"dial_timeout" json:"dial_timeout"`
+
+	// KeepAlive is the interval between TCP keep-alive probes on open connections, which
+	// detect peers that vanished without closing. Zero means Go's default (15s). Default 30s,
+	// as http.DefaultTransport.
+	KeepAlive time.Duration `yaml:"keep_alive" json:"keep_alive"`
+
+	// TLSHandshakeTimeout bounds the TLS handshake. Zero means no timeout. Default 10s, as
+	// http.DefaultTransport.
+	TLSHandshakeTimeout time.Duration `yaml:"tls_handshake_timeout" json:"tls_handshake_timeout"`
+
+	// ResponseHeaderTimeout bounds the wait for the response headers after the request is
+	// written. Zero means no timeout. Default 10s (http.DefaultTransport has none): a stuck
+	// upstream then fails before the overall Timeout, with an error that says which phase hung.
+	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout" json:"response_header_timeout"`
+
+	// ExpectContinueTimeout bounds the wait for a "100 Continue" after sending headers with
+	// "Expect: 100-continue". Zero means the body is sent at once without waiting. Default 1s,
+	// as http.DefaultTransport.
+	ExpectContinueTimeout time.Duration `yaml:"expect_continue_timeout" json:"expect_continue_timeout"`
+
+	// IdleConnTimeout is how long an idle pooled connection is kept before it is closed. Zero
+	// means no limit. Default 90s, as http.DefaultTransport: shorter than most servers' idle
+	// timeouts would cause needless reconnects, and the pool shrinks by itself after a burst.
+	IdleConnTimeout time.Duration `yaml:"idle_conn_timeout" json:"idle_conn_timeout"`
+
+	// MaxIdleConns bounds idle connections across all hosts. Zero means no limit. Default
+	// 1024, enough for the per-host pool of two busy upstreams.
+	MaxIdleConns int `yaml:"max_idle_conns" json:"max_idle_conns"`
+
+	// MaxIdleConnsPerHost bounds idle connections kept per host. Zero means net/http's
+	// DefaultMaxIdleConnsPerHost, which is 2: under concurrency, almost every connection is
+	// then closed after one use. Default 512, equal to MaxConnsPerHost, so every connection
+	// opened during a burst is kept for reuse instead of ending in TIME_WAIT.
+	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host" json:"max_idle_conns_per_host"`
+
+	// MaxConnsPerHost bounds connections per host, dialling, active and idle; requests beyond
+	// it wait for a connection. Zero means no limit. Default 512: no more connections than the
+	// idle pool can keep afterwards. Set it above MaxIdleConnsPerHost (or to zero) only if you
+	// accept that connections beyond the idle pool are closed after use.
+	MaxConnsPerHost int `yaml:"max_conns_per_host" json:"max_conns_per_host"`
+
+	// MaxResponseHeaderBytes bounds the size of response headers. Zero means net/http's
+	// default (1 MiB). Default 1 MiB.
+	MaxResponseHeaderBytes int64 `yaml:"max_response_header_bytes" json:"max_response_header_bytes"`
+
+	// DisableCompression stops the transport from asking for gzip and transparently
+	// decompressing it. Default false, as net/http.
+	DisableCompression bool `yaml:"disable_compression" json:"disable_compression"`
+
+	// DisableHTTP2 restricts the transport to HTTP/1.1. Default false: HTTP/2 is negotiated
+	// with TLS upstreams that offer it, as http.DefaultTransport does.
+	DisableHTTP2 bool `yaml:"disable_http2" json:"disable_http2"`
+
+	// ProxyFromEnvironment sends requests through the proxy named by HTTP_PROXY, HTTPS_PROXY
+	// and NO_PROXY, as http.DefaultTransport does. False means no proxy. Default true.
+	ProxyFromEnvironment bool `yaml:"proxy_from_environment" json:"proxy_from_environment"`
+
+	// UserAgent is set as the User-Agent header of requests that have none. Empty means Go's
+	// default ("Go-http-client/1.1"). Default empty.
+	UserAgent string `yaml:"user_agent" json:"user_agent"`
+
+	// DrainTimeout bounds how long stop waits for in-flight requests (and their response
+	// bodies) before it closes their connections. The stop context bounds it too, whichever
+	// ends first. Zero means only the stop context bounds it. Default 10s, below fx's default
+	// stop timeout of 15s so that stop can still cut, close and report in time.
+	DrainTimeout time.Duration `yaml:"drain_timeout" json:"drain_timeout"`
+}
+
+// DefaultConfig returns the configuration the Module uses unless it is replaced: net/http's
+// default transport settings, with the per-host pool sized for concurrency, every timeout set
+// and HTTP/2 kept on. Each field's documentation gives its default and why. It returns a new
+// value on every call.
+func DefaultConfig() Config {
+	return Config{
+		Timeout:                30 * time.Second,
+		DialTimeout:            5 * time.Second,
+		KeepAlive:              30 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ResponseHeaderTimeout:  10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		IdleConnTimeout:        90 * time.Second,
+		MaxIdleConns:           1024,
+		MaxIdleConnsPerHost:    512,
+		MaxConnsPerHost:        512,
+		MaxResponseHeaderBytes: 1 << 20,
+		ProxyFromEnvironment:   true,
+		DrainTimeout:           10 * time.Second,
+	}
+}
+
+// Validate reports every problem of c, each in an error that names the field and says what
+// is allowed. It returns nil if c is usable. New and the Module call it.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("httpfx: config: %s %s", field, fmt.Sprintf(format, args...)))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"Timeout", c.Timeout},
+		{"DialTimeout", c.DialTimeout},
+		{"KeepAlive", c.KeepAlive},
+		{"TLSHandshakeTimeout", c.TLSHandshakeTimeout},
+		{"ResponseHeaderTimeout", c.ResponseHeaderTimeout},
+		{"ExpectContinueTimeout", c.ExpectContinueTimeout},
+		{"IdleConnTimeout", c.IdleConnTimeout},
+		{"DrainTimeout", c.DrainTimeout},
+	} {
+		if d.v < 0 {
+			bad(d.name, "is %v: want zero (no timeout) or a positive duration", d.v)
+		}
+	}
+	for _, n := range []struct {
+		name string
+		v    int64
+	}{
+		{"MaxIdleConns", int64(c.MaxIdleConns)},
+		{"MaxIdleConnsPerHost", int64(c.MaxIdleConnsPerHost)},
+		{"MaxConnsPerHost", int64(c.MaxConnsPerHost)},
+		{"MaxResponseHeaderBytes", c.MaxResponseHeaderBytes},
+	} {
+		if n.v < 0 {
+			bad(n.name, "is %d: want zero (the default or no limit) or a positive number", n.v)
+		}
+	}
+	if c.MaxIdleConns > 0 && c.MaxIdleConnsPerHost > c.MaxIdleConns {
+		bad("MaxIdleConnsPerHost", "(%d) exceeds MaxIdleConns (%d): the per-host idle pool could never fill; raise MaxIdleConns or lower MaxIdleConnsPerHost",
+			c.MaxIdleConnsPerHost, c.MaxIdleConns)
+	}
+	if strings.ContainsFunc(c.UserAgent, isControl) {
+		bad("UserAgent", "contains a control character: want printable text")
+	}
+	return errors.Join(errs...)
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }

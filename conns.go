@@ -1,0 +1,101 @@
+package httpfx
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// dialFunc is the type of http.Transport.DialContext.
+type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// connSet holds the open connections of the owned transport, so that stop can close the ones
+// still in use, which http.Transport cannot. It changes only when a connection is dialled or
+// closed, never per request. It is safe for concurrent use.
+type connSet struct {
+	stats *Stats
+
+	mu     sync.Mutex
+	conns  map[*trackedConn]struct{}
+	closed bool // no more dials: stop has closed the set
+}
+
+// wrap returns a dial function that counts and records every connection dial opens, and
+// refuses to dial once the set is closed.
+func (s *connSet) wrap(dial dialFunc) dialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if s.isClosed() {
+			return nil, fmt.Errorf("httpfx: dial after stop: %w", ErrClosed)
+		}
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: c, set: s}
+		if !s.add(tc) {
+			c.Close()
+			return nil, fmt.Errorf("httpfx: dial after stop: %w", ErrClosed)
+		}
+		return tc, nil
+	}
+}
+
+func (s *connSet) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *connSet) add(c *trackedConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.conns == nil {
+		s.conns = make(map[*trackedConn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	s.stats.opened.Add(1)
+	s.stats.open.Add(1)
+	return true
+}
+
+func (s *connSet) remove(c *trackedConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	s.stats.open.Add(-1)
+}
+
+// closeAll closes the set to new dials and closes every connection still open, returning how
+// many it closed.
+func (s *connSet) closeAll() int {
+	s.mu.Lock()
+	s.closed = true
+	conns := make([]*trackedConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	return len(conns)
+}
+
+// trackedConn is a connection of the owned transport; closing it removes it from its set.
+type trackedConn struct {
+	net.Conn
+	set    *connSet
+	closed atomic.Bool
+}
+
+func (c *trackedConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.set.remove(c)
+	}
+	return c.Conn.Close()
+}

@@ -1,0 +1,111 @@
+package httpfx
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+)
+
+// hook returns the lifecycle hook of o: start logs the settings, stop runs the stop sequence.
+func (o *owner) hook() fx.Hook {
+	return fx.Hook{OnStart: o.start, OnStop: o.stop}
+}
+
+// start logs the effective settings once, and whether the graph hands out a client or
+// transport that httpfx did not build. It never fails.
+func (o *owner) start(context.Context) error {
+	c := o.cfg
+	o.log.Info("httpfx client ready",
+		zap.Duration("timeout", c.Timeout),
+		zap.Duration("dial_timeout", c.DialTimeout),
+		zap.Duration("keep_alive", c.KeepAlive),
+		zap.Duration("tls_handshake_timeout", c.TLSHandshakeTimeout),
+		zap.Duration("response_header_timeout", c.ResponseHeaderTimeout),
+		zap.Duration("expect_continue_timeout", c.ExpectContinueTimeout),
+		zap.Duration("idle_conn_timeout", c.IdleConnTimeout),
+		zap.Int("max_idle_conns", c.MaxIdleConns),
+		zap.Int("max_idle_conns_per_host", c.MaxIdleConnsPerHost),
+		zap.Int("max_conns_per_host", c.MaxConnsPerHost),
+		zap.Int64("max_response_header_bytes", c.MaxResponseHeaderBytes),
+		zap.Bool("compression", !c.DisableCompression),
+		zap.Bool("http2", !c.DisableHTTP2),
+		zap.Bool("proxy_from_environment", c.ProxyFromEnvironment),
+		zap.Bool("user_agent_set", c.UserAgent != ""),
+		zap.Duration("drain_timeout", c.DrainTimeout),
+		zap.String("round_tripper", o.nextType),
+	)
+	if c.MaxConnsPerHost == 0 || c.MaxConnsPerHost > c.MaxIdleConnsPerHost {
+		o.log.Warn("httpfx pool may open more connections per host than it keeps idle; the extra ones are closed after use",
+			zap.Int("max_conns_per_host", c.MaxConnsPerHost),
+			zap.Int("max_idle_conns_per_host", c.MaxIdleConnsPerHost))
+	}
+	if o.inUse != o.transport {
+		o.log.Info("httpfx client sends through a caller-supplied *http.Transport; httpfx drains its requests but will not close it")
+	}
+	o.logCallerClient()
+	return nil
+}
+
+// logCallerClient says, once the graph is built, if the *http.Client consumers get is not the
+// one httpfx built.
+func (o *owner) logCallerClient() {
+	if o.inGraph != nil && o.inGraph != o.client {
+		o.log.Info("httpfx: a caller-supplied *http.Client is in use; httpfx will neither drain nor close it")
+	}
+}
+
+// stop runs the stop sequence once; later calls return the first call's result.
+func (o *owner) stop(ctx context.Context) error {
+	o.stopOnce.Do(func() { o.stopErr = o.drain(ctx) })
+	return o.stopErr
+}
+
+// drain is the stop sequence of the design: gate, drain, close idle, cut past the bound, log.
+func (o *owner) drain(ctx context.Context) error {
+	began := time.Now()
+	// 1. Gate: from here on every new request fails with ErrClosed.
+	if o.stats.gate.Or(closedBit)&^closedBit == 0 {
+		o.signalDrained()
+	}
+	// 2. Drain, bounded by ctx and DrainTimeout.
+	if d := o.cfg.DrainTimeout; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	var err error
+	var cut int64
+	select {
+	case <-o.drained:
+	case <-ctx.Done():
+		select {
+		case <-o.drained:
+		default:
+			cut = o.stats.gate.Load() &^ closedBit
+			o.stats.cut.Add(cut)
+			err = fmt.Errorf("httpfx: stop cut %d in-flight request(s) after waiting %v for them: %w",
+				cut, time.Since(began).Round(time.Millisecond), ctx.Err())
+		}
+	}
+	// 3. Close the owned transport's idle connections, through the pointer httpfx holds.
+	o.transport.CloseIdleConnections()
+	// 4. Close what is left (connections of cut requests, or dialled late) and refuse new
+	// dials, so that nothing outlives stop and cut requests fail instead of hanging.
+	closed := o.conns.closeAll()
+	// 5. One summary line.
+	s := o.stats.Snapshot()
+	o.log.Info("httpfx client stopped",
+		zap.Int64("requests", s.Requests),
+		zap.Int64("failed", s.Failed),
+		zap.Int64("rejected", s.Rejected),
+		zap.Int64("conns_opened", s.ConnsOpened),
+		zap.Float64("reuse_ratio", s.ReuseRatio()),
+		zap.Int64("cut", cut),
+		zap.Int("conns_force_closed", closed),
+		zap.Duration("drain", time.Since(began)),
+	)
+	return err
+}

@@ -1,0 +1,71 @@
+// Package httpfx gives an Uber fx application one shared, tuned and drained HTTP client.
+//
+// A service that builds a new http.Client per call pays a TCP and TLS handshake on every
+// call and leaves TIME_WAIT sockets behind; one that shares http.DefaultClient still churns
+// connections, because the default transport keeps only 2 idle connections per host. Add
+// Module to an app and take *http.Client:
+//
+//	fx.New(httpfx.Module, fx.Invoke(func(c *http.Client) { ... }))
+//
+// The client sends through a transport tuned by Config (DefaultConfig unless replaced). At
+// stop, httpfx refuses new requests with ErrClosed, waits for the requests in flight,
+// including their response bodies, closes its connections and, past the drain bound, cuts
+// what is left and says how many. It closes only what it built: a client, transport or round
+// tripper swapped in with fx.Decorate is never closed by httpfx. Stats counts requests and
+// connections, so that reuse can be seen.
+//
+// Without fx, New builds the same client and Shutdown stops it.
+package httpfx
+
+import (
+	"net/http"
+
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+)
+
+// Module provides Config (DefaultConfig), *http.Transport (owned), http.RoundTripper (the
+// transport), *http.Client (owned, built over the round tripper) and *Stats, each a separate
+// step so that fx.Decorate can adjust or replace any of them, and registers the start and stop
+// hooks where the client is built. It takes a *zap.Logger if the graph has one and never
+// provides one. A Config that fails Validate makes fx.New fail with the error.
+var Module = fx.Module("httpfx",
+	fx.Provide(DefaultConfig),
+	fx.Provide(fx.Private, newModuleOwner),
+	fx.Provide(
+		func(o *owner) *http.Transport { return o.transport },
+		func(t *http.Transport) http.RoundTripper { return t },
+		newModuleClient,
+		func(o *owner) *Stats { return o.stats },
+	),
+	fx.Invoke(recordGraphClient),
+)
+
+// ownerParams are the inputs of the module's owner.
+type ownerParams struct {
+	fx.In
+
+	Config Config
+	Logger *zap.Logger `optional:"true"`
+}
+
+func newModuleOwner(p ownerParams) (*owner, error) { return newOwner(p.Config, p.Logger) }
+
+// newModuleClient builds the owned client over the (possibly decorated) round tripper and
+// registers the hooks here, so that every component that depends on the client is stopped
+// before the client drains.
+func newModuleClient(lc fx.Lifecycle, o *owner, t *http.Transport, rt http.RoundTripper) *http.Client {
+	c := o.newClient(t, rt)
+	lc.Append(o.hook())
+	return c
+}
+
+// recordGraphClient records the *http.Client consumers get, so that start can say if a
+// caller-supplied one is in use. It also makes fx.New build the client, and so fail on a bad
+// Config, even if nothing else asks for it.
+func recordGraphClient(o *owner, c *http.Client) {
+	o.inGraph = c
+	if o.client == nil { // A decorator replaced the client without asking for httpfx's.
+		o.logCallerClient()
+	}
+}

@@ -1,0 +1,215 @@
+package httpfx
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+)
+
+// Params are the inputs of New. In an fx app the Module fills them from the graph.
+type Params struct {
+	fx.In
+
+	// Lifecycle receives the start and stop hooks. Nil means none are registered: the caller
+	// then stops the client with Shutdown.
+	Lifecycle fx.Lifecycle
+
+	// Config configures the client; New validates it.
+	Config Config
+
+	// Logger is used, named "httpfx", if set. Nil means no logging.
+	Logger *zap.Logger `optional:"true"`
+}
+
+// Result is what New builds. httpfx owns the Transport and the Client and closes them at stop.
+// All four are safe for concurrent use.
+type Result struct {
+	fx.Out
+
+	// Transport is the tuned transport httpfx built and owns.
+	Transport *http.Transport
+
+	// RoundTripper is what Client sends through: the Transport.
+	RoundTripper http.RoundTripper
+
+	// Client is the one shared client. Its Timeout field is zero because httpfx enforces
+	// Config.Timeout itself; do not set it.
+	Client *http.Client
+
+	// Stats are the live counters of Client and Transport.
+	Stats *Stats
+}
+
+// New builds the owned transport and client from p.Config and, if p.Lifecycle is set,
+// registers the hooks that log the settings at start and run the stop sequence (gate, drain,
+// close) at stop. It returns an error naming the field if p.Config is invalid. It can be
+// called without fx; Module calls the same steps with decoration points in between.
+func New(p Params) (Result, error) {
+	o, err := newOwner(p.Config, p.Logger)
+	if err != nil {
+		return Result{}, err
+	}
+	c := o.newClient(o.transport, o.transport)
+	if p.Lifecycle != nil {
+		p.Lifecycle.Append(o.hook())
+	}
+	return Result{Transport: o.transport, RoundTripper: o.transport, Client: c, Stats: o.stats}, nil
+}
+
+// Shutdown runs the stop sequence of a client that New or the Module built: it refuses new
+// requests with ErrClosed, waits for in-flight requests and their response bodies (bounded by
+// ctx and Config.DrainTimeout), closes the owned transport's connections, and returns an
+// error wrapping ctx's error and saying how many requests it cut if the bound expired. It is
+// the same as the OnStop hook and only the first call, of either, does the work; later calls
+// return its result. For a client httpfx did not build it returns an error and does nothing.
+func Shutdown(ctx context.Context, c *http.Client) error {
+	if c != nil {
+		if t, ok := c.Transport.(*tracker); ok {
+			return t.o.stop(ctx)
+		}
+	}
+	return errors.New("httpfx: shutdown: the client was not built by httpfx, which closes only what it created")
+}
+
+// owner holds what httpfx built and owns for one client: the transport, the client, their
+// counters and connections, and the stop state.
+type owner struct {
+	cfg        Config
+	log        *zap.Logger
+	stats      *Stats
+	conns      connSet
+	transport  *http.Transport // the transport httpfx built: the only one it closes
+	timeoutErr error           // the cause of a request's context when Config.Timeout expires
+
+	// Set while the graph is built, before start; read-only afterwards.
+	client   *http.Client    // the client httpfx built, nil until built
+	inUse    *http.Transport // the *http.Transport the client was built over
+	inGraph  *http.Client    // the *http.Client the graph hands out (Module only)
+	nextType string          // the type of the round tripper under the client, for the start log
+
+	drained   chan struct{} // closed once the gate is closed and nothing is in flight
+	drainOnce sync.Once
+	stopOnce  sync.Once
+	stopErr   error
+}
+
+func newOwner(cfg Config, log *zap.Logger) (*owner, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	o := &owner{
+		cfg:        cfg,
+		log:        log.Named("httpfx"),
+		stats:      new(Stats),
+		transport:  newTransport(cfg),
+		timeoutErr: &timeoutError{d: cfg.Timeout},
+		drained:    make(chan struct{}),
+	}
+	o.conns.stats = o.stats
+	return o, nil
+}
+
+// newTransport builds the tuned transport: a clone of http.DefaultTransport's settings (never
+// the default transport itself) with cfg applied.
+func newTransport(cfg Config) *http.Transport {
+	var t *http.Transport
+	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
+		t = dt.Clone()
+	} else {
+		t = &http.Transport{} // http.DefaultTransport was replaced; cfg sets what matters below.
+	}
+	t.DialContext = (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: cfg.KeepAlive}).DialContext
+	t.Proxy = nil
+	if cfg.ProxyFromEnvironment {
+		t.Proxy = http.ProxyFromEnvironment
+	}
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	t.TLSHandshakeTimeout = cfg.TLSHandshakeTimeout
+	t.ResponseHeaderTimeout = cfg.ResponseHeaderTimeout
+	t.ExpectContinueTimeout = cfg.ExpectContinueTimeout
+	t.IdleConnTimeout = cfg.IdleConnTimeout
+	t.MaxIdleConns = cfg.MaxIdleConns
+	t.MaxIdleConnsPerHost = cfg.MaxIdleConnsPerHost
+	t.MaxConnsPerHost = cfg.MaxConnsPerHost
+	t.MaxResponseHeaderBytes = cfg.MaxResponseHeaderBytes
+	t.DisableCompression = cfg.DisableCompression
+	t.DisableKeepAlives = false
+	t.ForceAttemptHTTP2 = !cfg.DisableHTTP2
+	if cfg.DisableHTTP2 {
+		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // net/http's documented switch
+	}
+	return t
+}
+
+// newClient builds the owned client over rt. t is the *http.Transport in the graph: if it is
+// the owned one, its dials are counted and recorded from now on; if the caller swapped in
+// another, httpfx leaves it untouched.
+func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client {
+	if t == o.transport {
+		dial := t.DialContext
+		if dial == nil {
+			dial = (&net.Dialer{}).DialContext
+		}
+		t.DialContext = o.conns.wrap(dial)
+	}
+	o.inUse = t
+	o.nextType = fmt.Sprintf("%T", rt)
+	o.client = &http.Client{Transport: &tracker{next: rt, o: o}}
+	return o.client
+}
+
+// admit counts a request in flight, or reports false if the gate is closed.
+func (o *owner) admit() bool {
+	if o.stats.gate.Add(1)&closedBit != 0 {
+		o.release()
+		o.stats.rejected.Add(1)
+		return false
+	}
+	o.stats.requests.Add(1)
+	return true
+}
+
+// finish ends an admitted request: it stops the request's timeout, if any, and counts the
+// request out of flight.
+func (o *owner) finish(cancel context.CancelFunc, failed bool) {
+	if cancel != nil {
+		cancel()
+	}
+	if failed {
+		o.stats.failed.Add(1)
+	}
+	o.release()
+}
+
+// release counts one request out of flight and signals the drain when the last one leaves a
+// closed gate.
+func (o *owner) release() {
+	if o.stats.gate.Add(-1) == closedBit {
+		o.signalDrained()
+	}
+}
+
+func (o *owner) signalDrained() { o.drainOnce.Do(func() { close(o.drained) }) }
+
+// timeoutError is the cause of a request's context when Config.Timeout expires. Like
+// http.Client's own timeout error, it is a net.Error whose Timeout reports true, and it wraps
+// context.DeadlineExceeded.
+type timeoutError struct{ d time.Duration }
+
+func (e *timeoutError) Error() string {
+	return fmt.Sprintf("httpfx: request exceeded Config.Timeout (%v)", e.d)
+}
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return true }
+func (e *timeoutError) Unwrap() error   { return context.DeadlineExceeded }

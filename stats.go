@@ -1,0 +1,55 @@
+package httpfx
+
+import "sync/atomic"
+
+// Stats holds the live counters of the client and transport that httpfx built. The Module
+// and New create it; users only read it, with Snapshot, from any goroutine. A nil or zero
+// Stats reads as all zeros.
+type Stats struct {
+	// gate holds closedBit and the in-flight count, so that admission is one atomic add.
+	gate     atomic.Int64
+	requests atomic.Int64
+	rejected atomic.Int64
+	failed   atomic.Int64
+	opened   atomic.Int64
+	open     atomic.Int64
+	cut      atomic.Int64
+}
+
+// Snapshot is a copy of the counters at one moment. Counters are read one by one, so under
+// load the fields may be a few requests apart from one another.
+type Snapshot struct {
+	Requests    int64 // requests admitted
+	InFlight    int64 // admitted requests whose response body is not yet closed, read to EOF or failed
+	Failed      int64 // admitted requests that ended with an error (round trip or body read)
+	Rejected    int64 // requests refused with ErrClosed because the client was stopped
+	ConnsOpened int64 // connections the owned transport dialled
+	ConnsOpen   int64 // connections of the owned transport open now
+	Cut         int64 // in-flight requests cut because the drain bound expired at stop
+}
+
+// Snapshot returns the current counters. It is safe for concurrent use.
+func (s *Stats) Snapshot() Snapshot {
+	if s == nil {
+		return Snapshot{}
+	}
+	return Snapshot{
+		Requests:    s.requests.Load(),
+		InFlight:    s.gate.Load() &^ closedBit,
+		Failed:      s.failed.Load(),
+		Rejected:    s.rejected.Load(),
+		ConnsOpened: s.opened.Load(),
+		ConnsOpen:   s.open.Load(),
+		Cut:         s.cut.Load(),
+	}
+}
+
+// ReuseRatio is the share of requests that did not need a new connection: 1 − ConnsOpened /
+// Requests, or 0 before the first request and never below 0. Near 1 means connections are
+// reused; near 0 means nearly every request paid for a new connection.
+func (s Snapshot) ReuseRatio() float64 {
+	if s.Requests == 0 || s.ConnsOpened >= s.Requests {
+		return 0
+	}
+	return 1 - float64(s.ConnsOpened)/float64(s.Requests)
+}
