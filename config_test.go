@@ -92,7 +92,11 @@ func TestLoadYAML(t *testing.T) {
 		{"empty keeps defaults", "", def, ""},
 		{"comment only", "# nothing\n", def, ""},
 		{"partial overlays defaults", "timeout: 5s\nmax_conns_per_host: 64\nmax_idle_conns_per_host: 64\n",
-			with(func(c *httpfx.Config) { c.Timeout = 5 * time.Second; c.MaxConnsPerHost = 64; c.MaxIdleConnsPerHost = 64 }), ""},
+			with(func(c *httpfx.Config) {
+				c.Timeout = 5 * time.Second
+				c.MaxConnsPerHost = 64
+				c.MaxIdleConnsPerHost = 64
+			}), ""},
 		{"every kind of field", "disable_http2: true\nuser_agent: svc/1.0\ndrain_timeout: 1m30s\nmax_response_header_bytes: 4096\n",
 			with(func(c *httpfx.Config) {
 				c.DisableHTTP2 = true
@@ -187,7 +191,11 @@ func TestLoadEnv(t *testing.T) {
 	}{
 		{"no variables keeps defaults", []string{"PATH=/bin", "HOME=/root"}, httpfx.DefaultConfig(), ""},
 		{"overlay", []string{"HTTPFX_TIMEOUT=5s", "HTTPFX_MAX_IDLE_CONNS_PER_HOST=64", "HTTPFX_DISABLE_COMPRESSION=true", "OTHER=1"},
-			with(func(c *httpfx.Config) { c.Timeout = 5 * time.Second; c.MaxIdleConnsPerHost = 64; c.DisableCompression = true }), ""},
+			with(func(c *httpfx.Config) {
+				c.Timeout = 5 * time.Second
+				c.MaxIdleConnsPerHost = 64
+				c.DisableCompression = true
+			}), ""},
 		{"value with equals sign", []string{"HTTPFX_USER_AGENT=svc/1.0 (a=b)"}, with(func(c *httpfx.Config) { c.UserAgent = "svc/1.0 (a=b)" }), ""},
 		{"unknown variable", []string{"HTTPFX_TIMEOUTS=5s"}, httpfx.Config{}, "httpfx: config: unknown environment variable HTTPFX_TIMEOUTS: known are HTTPFX_TIMEOUT,"},
 		{"bad duration", []string{"HTTPFX_DRAIN_TIMEOUT=soon"}, httpfx.Config{}, `httpfx: config: HTTPFX_DRAIN_TIMEOUT: invalid duration "soon"`},

@@ -233,7 +233,7 @@ func TestStopPastDeadlineCutsHungRequests(t *testing.T) {
 			if err := app.Stop(context.Background()); err != nil && !strings.Contains(err.Error(), "cut 4 in-flight") {
 				t.Errorf("second stop: %v", err)
 			}
-			hang.release()   // The server closes a connection only when its handler returns.
+			hang.release() // The server closes a connection only when its handler returns.
 			u.requireNoConns(t)
 		})
 	}

@@ -312,7 +312,7 @@ type callerRT struct {
 }
 
 func (c *callerRT) RoundTrip(r *http.Request) (*http.Response, error) { return c.tr.RoundTrip(r) }
-func (c *callerRT) CloseIdleConnections()                           { c.closeCalls.Add(1) }
+func (c *callerRT) CloseIdleConnections()                             { c.closeCalls.Add(1) }
 
 func TestDecorateReplaceRoundTripper(t *testing.T) {
 	release := newGate()
@@ -479,4 +479,3 @@ func TestNewWithoutFx(t *testing.T) {
 	})
 	u.requireNoConns(t)
 }
-

@@ -19,8 +19,8 @@ func TestMain(m *testing.M) {
 // upstream is a loopback test server that counts its connections as the server sees them.
 type upstream struct {
 	*httptest.Server
-	opened atomic.Int64 // connections accepted
-	closed atomic.Int64 // connections closed (by either side)
+	opened   atomic.Int64 // connections accepted
+	closed   atomic.Int64 // connections closed (by either side)
 	hijacked atomic.Int64
 }
 
