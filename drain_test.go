@@ -66,9 +66,11 @@ func TestConnectionReuseUnderConcurrency(t *testing.T) {
 	if s.ConnsOpen != s.ConnsOpened || s.ConnsOpened != u.opened.Load() {
 		t.Errorf("client counts %d opened / %d open, server %d: want all opened still open", s.ConnsOpened, s.ConnsOpen, u.opened.Load())
 	}
-	// net/http may dial a few extra connections in a cold burst (a freed connection reaches a
-	// caller whose dial is still in flight); those are kept, as checked above.
-	if s.ConnsOpened < 1 || s.ConnsOpened > callers+callers/4 {
+	// net/http may dial extra connections in a cold burst: a freed connection goes to a caller
+	// whose dial is still in flight, and that dial still completes. How many depends on how
+	// slow dials are against requests (more on a loaded machine); what matters is that each
+	// is kept by the pool, as checked above, so this bound is loose.
+	if s.ConnsOpened < 1 || s.ConnsOpened > 2*callers {
 		t.Errorf("connections opened = %d, want close to %d", s.ConnsOpened, callers)
 	}
 	app.RequireStop()
@@ -338,5 +340,33 @@ func TestSwitchingProtocolsStaysWritable(t *testing.T) {
 		t.Errorf("in flight = %d after close, want 0", s.InFlight)
 	}
 	app.RequireStop()
+	u.requireNoConns(t)
+}
+
+// A caller that cancels its context mid-body, and never reads or closes the body again, has
+// its request counted out at once.
+func TestCancelMidBodyLeavesInFlight(t *testing.T) {
+	hang := newGate()
+	u := newUpstream(t, streamHandler(hang, 1))
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g))
+	app.RequireStart()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.URL, nil)
+	resp, err := g.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := g.Stats.Snapshot(); s.InFlight != 1 {
+		t.Fatalf("in flight = %d with the body unread, want 1", s.InFlight)
+	}
+	cancel()
+	waitFor(t, "the cancelled request leaves the in-flight count", func() bool { return g.Stats.Snapshot().InFlight == 0 })
+	if s := g.Stats.Snapshot(); s.Failed != 1 {
+		t.Errorf("failed = %d, want the cancelled request counted as failed", s.Failed)
+	}
+	app.RequireStop() // nothing in flight: stop does not wait for the abandoned body
+	hang.release()
+	resp.Body.Close()
 	u.requireNoConns(t)
 }

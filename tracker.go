@@ -54,17 +54,22 @@ func (t *tracker) RoundTrip(req *http.Request) (*http.Response, error) {
 		o.finish(cancel, true)
 		return nil, err
 	}
-	switch {
-	case resp.Body == nil || resp.Body == http.NoBody:
+	if resp.Body == nil || resp.Body == http.NoBody {
 		o.finish(cancel, false)
-	case resp.StatusCode == http.StatusSwitchingProtocols:
-		if w, ok := resp.Body.(io.ReadWriteCloser); ok {
-			resp.Body = &rwBody{body: body{rc: w, o: o, cancel: cancel}, w: w}
-			break
-		}
-		fallthrough
-	default:
-		resp.Body = &body{rc: resp.Body, o: o, cancel: cancel}
+		return resp, nil
+	}
+	var b *body
+	if w, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
+		rw := &rwBody{body: body{rc: w, o: o, cancel: cancel}, w: w}
+		b, resp.Body = &rw.body, rw
+	} else {
+		b = &body{rc: resp.Body, o: o, cancel: cancel}
+		resp.Body = b
+	}
+	if req.Context().Done() != nil {
+		// A request whose context ends (the caller cancelled, or a deadline passed) leaves the
+		// in-flight count at once, even if the caller never reads or closes the body.
+		b.stop = context.AfterFunc(req.Context(), b.abort)
 	}
 	return resp, nil
 }
@@ -85,24 +90,38 @@ func (t *tracker) CloseIdleConnections() {
 type body struct {
 	rc     io.ReadCloser
 	o      *owner
-	cancel context.CancelFunc // nil if no timeout applies
+	cancel context.CancelFunc // ends the request's own timeout context; nil if none
+	stop   func() bool        // unregisters abort from the request's context; nil if none
 	done   atomic.Bool
 }
 
 func (b *body) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	if err != nil && b.done.CompareAndSwap(false, true) {
-		b.o.finish(b.cancel, err != io.EOF)
+	if err != nil {
+		b.end(err != io.EOF, false)
 	}
 	return n, err
 }
 
 func (b *body) Close() error {
 	err := b.rc.Close()
-	if b.done.CompareAndSwap(false, true) {
-		b.o.finish(b.cancel, false)
-	}
+	b.end(false, false)
 	return err
+}
+
+// abort runs, in a goroutine of its own, when the request's context ends before the body
+// does. It may run before RoundTrip has stored stop, so it does not read it.
+func (b *body) abort() { b.end(true, true) }
+
+// end finishes the request once, whichever of Read, Close and abort comes first.
+func (b *body) end(failed, aborted bool) {
+	if !b.done.CompareAndSwap(false, true) {
+		return
+	}
+	if !aborted && b.stop != nil {
+		b.stop()
+	}
+	b.o.finish(b.cancel, failed)
 }
 
 // rwBody keeps a 101 Switching Protocols body writable, as net/http returns it.
