@@ -1,8 +1,13 @@
 package httpfx
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
+	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -12,7 +17,7 @@ import (
 //
 // The zero value is valid but is not what you want: every field's zero value keeps net/http's
 // meaning (no timeouts, 2 idle connections per host, no proxy). Start from DefaultConfig and
-// change what you need. A Config is a plain value; copies are independent.
+// change what you need. A Config is a value; copies share only the Upstreams map.
 type Config struct {
 	// Timeout bounds a whole request through the shared client, from admission until the
 	// response body is read or closed, as http.Client.Timeout does. A Timeout of zero means no
@@ -81,6 +86,48 @@ type Config struct {
 	// and NO_PROXY, as http.DefaultTransport does. False means no proxy. Default true.
 	ProxyFromEnvironment bool `yaml:"proxy_from_environment" json:"proxy_from_environment"`
 
+	// ProxyURL sends every request through this proxy, overriding ProxyFromEnvironment: an
+	// http, https or socks5 URL, with credentials in it if the proxy needs them (they are
+	// never logged). Unlike the environment's proxy, it applies to loopback hosts too. Empty
+	// means ProxyFromEnvironment decides. Default empty.
+	ProxyURL string `yaml:"proxy_url" json:"proxy_url"`
+
+	// NoProxy lists the hosts that bypass ProxyURL, comma-separated, in NO_PROXY's syntax:
+	// "example.com" (and its subdomains), ".example.com" (subdomains only), an IP address, a
+	// CIDR range such as "10.0.0.0/8", each optionally with ":port", or "*" for all. Empty
+	// means none. Default empty.
+	NoProxy string `yaml:"no_proxy" json:"no_proxy"`
+
+	// TLSMinVersion is the lowest TLS version accepted: "1.2" or "1.3". Empty means "1.2".
+	// Default "1.2".
+	TLSMinVersion string `yaml:"tls_min_version" json:"tls_min_version"`
+
+	// TLSCAFile names a PEM file of root certificates that verify upstreams, added to the
+	// system's roots unless TLSCAOnly is set. Empty means none. Default empty.
+	TLSCAFile string `yaml:"tls_ca_file" json:"tls_ca_file"`
+
+	// TLSCAPEM holds root certificates as PEM text, as TLSCAFile does. Empty means none.
+	// Default empty.
+	TLSCAPEM string `yaml:"tls_ca_pem" json:"tls_ca_pem"`
+
+	// TLSCAOnly verifies upstreams with only the roots of TLSCAFile and TLSCAPEM, not the
+	// system's. Default false.
+	TLSCAOnly bool `yaml:"tls_ca_only" json:"tls_ca_only"`
+
+	// TLSCertFile and TLSKeyFile name PEM files of a client certificate and its private key,
+	// presented to upstreams that ask for one (mutual TLS). Set both or neither. Default empty.
+	TLSCertFile string `yaml:"tls_cert_file" json:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file" json:"tls_key_file"`
+
+	// TLSServerName overrides the name sent in SNI and verified in upstream certificates.
+	// Empty means the request's host. Default empty.
+	TLSServerName string `yaml:"tls_server_name" json:"tls_server_name"`
+
+	// TLSInsecureSkipVerify accepts any upstream certificate, which lets anyone on the path
+	// read and change the traffic. Never use it in production: start logs a warning every
+	// time it is set. Default false.
+	TLSInsecureSkipVerify bool `yaml:"tls_insecure_skip_verify" json:"tls_insecure_skip_verify"`
+
 	// UserAgent is set as the User-Agent header of requests that have none. Empty means Go's
 	// default ("Go-http-client/1.1"). Default empty.
 	UserAgent string `yaml:"user_agent" json:"user_agent"`
@@ -90,6 +137,11 @@ type Config struct {
 	// ends first. Zero means only the stop context bounds it. Default 10s, below fx's default
 	// stop timeout of 15s so that stop can still cut, close and report in time.
 	DrainTimeout time.Duration `yaml:"drain_timeout" json:"drain_timeout"`
+
+	// Upstreams configures, by name, the upstream clients that Upstream declares; an entry's
+	// non-zero fields override the UpstreamConfig given in code. Nil means none. Copies of a
+	// Config share this map.
+	Upstreams map[string]UpstreamConfig `yaml:"upstreams" json:"upstreams"`
 }
 
 // DefaultConfig returns the configuration the Module uses unless it is replaced: net/http's
@@ -110,13 +162,30 @@ func DefaultConfig() Config {
 		MaxConnsPerHost:        512,
 		MaxResponseHeaderBytes: 1 << 20,
 		ProxyFromEnvironment:   true,
+		TLSMinVersion:          "1.2",
 		DrainTimeout:           10 * time.Second,
 	}
 }
 
 // Validate reports every problem of c, each in an error that names the field and says what
-// is allowed. It returns nil if c is usable. New and the Module call it.
+// is allowed: negative durations and sizes, contradictory pool limits, a bad proxy URL or
+// NoProxy entry, unreadable or mismatched TLS files, bad upstream entries. It reads the TLS
+// files it names. It returns nil if c is usable. New and the Module call it.
 func (c Config) Validate() error {
+	_, err := c.resolve()
+	return err
+}
+
+// resolved is what a valid Config derives for the transport.
+type resolved struct {
+	tls   *tls.Config
+	proxy func(*http.Request) (*url.URL, error)
+}
+
+// resolve checks c as Validate documents and derives the TLS and proxy settings, so that
+// they are built once.
+func (c Config) resolve() (resolved, error) {
+	var r resolved
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("httpfx: config: %s %s", field, fmt.Sprintf(format, args...)))
@@ -158,7 +227,19 @@ func (c Config) Validate() error {
 	if strings.ContainsFunc(c.UserAgent, isControl) {
 		bad("UserAgent", "contains a control character: want printable text")
 	}
-	return errors.Join(errs...)
+	var err error
+	if r.proxy, err = c.proxy(); err != nil {
+		errs = append(errs, err)
+	}
+	if r.tls, err = c.tlsConfig(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
+		if err := c.Upstreams[name].validate(name, false); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return r, errors.Join(errs...)
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }

@@ -3,6 +3,7 @@ package httpfx_test
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -127,7 +128,7 @@ func TestLoadYAML(t *testing.T) {
 			if err != nil {
 				t.Fatalf("LoadYAML() error = %v", err)
 			}
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("LoadYAML() = %+v\nwant %+v", got, tt.want)
 			}
 		})
@@ -172,7 +173,7 @@ func TestConfigEmbeddedInAppYAML(t *testing.T) {
 	}
 	want := httpfx.DefaultConfig()
 	want.Timeout = 3 * time.Second
-	if app.HTTP != want || app.Name != "svc" {
+	if !reflect.DeepEqual(app.HTTP, want) || app.Name != "svc" {
 		t.Errorf("embedded config = %+v, want defaults with timeout 3s", app.HTTP)
 	}
 	err = yaml.Unmarshal([]byte("http:\n  bogus: 1\n"), &app)
@@ -197,7 +198,7 @@ func TestLoadEnv(t *testing.T) {
 				c.DisableCompression = true
 			}), ""},
 		{"value with equals sign", []string{"HTTPFX_USER_AGENT=svc/1.0 (a=b)"}, with(func(c *httpfx.Config) { c.UserAgent = "svc/1.0 (a=b)" }), ""},
-		{"unknown variable", []string{"HTTPFX_TIMEOUTS=5s"}, httpfx.Config{}, "httpfx: config: unknown environment variable HTTPFX_TIMEOUTS: known are HTTPFX_TIMEOUT,"},
+		{"unknown variable", []string{"HTTPFX_TIMEOUTS=5s"}, httpfx.Config{}, "httpfx: config: HTTPFX_TIMEOUTS: unknown variable: known are HTTPFX_TIMEOUT,"},
 		{"bad duration", []string{"HTTPFX_DRAIN_TIMEOUT=soon"}, httpfx.Config{}, `httpfx: config: HTTPFX_DRAIN_TIMEOUT: invalid duration "soon"`},
 		{"bad integer", []string{"HTTPFX_MAX_CONNS_PER_HOST=1.5"}, httpfx.Config{}, `HTTPFX_MAX_CONNS_PER_HOST: invalid integer "1.5"`},
 		{"empty value", []string{"HTTPFX_TIMEOUT="}, httpfx.Config{}, `HTTPFX_TIMEOUT: invalid duration ""`},
@@ -215,7 +216,7 @@ func TestLoadEnv(t *testing.T) {
 			if err != nil {
 				t.Fatalf("LoadEnv() error = %v", err)
 			}
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("LoadEnv() = %+v\nwant %+v", got, tt.want)
 			}
 		})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -70,7 +71,7 @@ func TestZeroConfigStartStop(t *testing.T) {
 		t.Errorf("Client.Timeout = %v, want 0: httpfx enforces Config.Timeout itself", g.Client.Timeout)
 	}
 	want := httpfx.DefaultConfig()
-	if g.Config != want {
+	if !reflect.DeepEqual(g.Config, want) {
 		t.Errorf("Config = %+v, want DefaultConfig", g.Config)
 	}
 	if g.Transport.MaxIdleConnsPerHost != want.MaxIdleConnsPerHost || g.Transport.MaxConnsPerHost != want.MaxConnsPerHost {
@@ -410,7 +411,7 @@ func TestDecorateConfigKeepsOtherDefaults(t *testing.T) {
 	defer app.RequireStart().RequireStop()
 	want := httpfx.DefaultConfig()
 	want.MaxConnsPerHost = 3
-	if g.Config != want {
+	if !reflect.DeepEqual(g.Config, want) {
 		t.Errorf("Config = %+v, want defaults with MaxConnsPerHost 3", g.Config)
 	}
 	if g.Transport.MaxConnsPerHost != 3 || g.Transport.MaxIdleConnsPerHost != want.MaxIdleConnsPerHost {
@@ -424,7 +425,7 @@ func TestReplaceConfig(t *testing.T) {
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), fx.Replace(give))
 	defer app.RequireStart().RequireStop()
-	if g.Config != give {
+	if !reflect.DeepEqual(g.Config, give) {
 		t.Errorf("Config = %+v, want the replacement %+v", g.Config, give)
 	}
 	if g.Transport.MaxIdleConnsPerHost != 4 || g.Transport.IdleConnTimeout != 0 || g.Transport.Proxy != nil {

@@ -3,6 +3,8 @@ package httpfx
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"go.uber.org/fx"
@@ -32,7 +34,10 @@ func (o *owner) start(context.Context) error {
 		zap.Int64("max_response_header_bytes", c.MaxResponseHeaderBytes),
 		zap.Bool("compression", !c.DisableCompression),
 		zap.Bool("http2", !c.DisableHTTP2),
-		zap.Bool("proxy_from_environment", c.ProxyFromEnvironment),
+		zap.String("proxy", c.proxyForLog()),
+		zap.String("tls_min_version", c.TLSMinVersion),
+		zap.Bool("tls_extra_roots", c.TLSCAFile != "" || c.TLSCAPEM != ""),
+		zap.Bool("tls_client_certificate", c.TLSCertFile != ""),
 		zap.Bool("user_agent_set", c.UserAgent != ""),
 		zap.Duration("drain_timeout", c.DrainTimeout),
 		zap.String("round_tripper", o.nextType),
@@ -41,6 +46,15 @@ func (o *owner) start(context.Context) error {
 		o.log.Warn("httpfx pool may open more connections per host than it keeps idle; the extra ones are closed after use",
 			zap.Int("max_conns_per_host", c.MaxConnsPerHost),
 			zap.Int("max_idle_conns_per_host", c.MaxIdleConnsPerHost))
+	}
+	if c.TLSInsecureSkipVerify {
+		o.log.Warn("httpfx TLS certificate verification is OFF (TLSInsecureSkipVerify): anyone on the path can read and change the traffic")
+	}
+	used := o.stats.Snapshot().Upstreams
+	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
+		if _, ok := used[name]; !ok {
+			o.log.Warn("httpfx upstream is configured but no component takes a client of that name", zap.String("upstream", name))
+		}
 	}
 	if o.inUse != o.transport {
 		o.log.Info("httpfx client sends through a caller-supplied *http.Transport; httpfx drains its requests but will not close it")

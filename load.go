@@ -3,6 +3,7 @@ package httpfx
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"reflect"
 	"slices"
@@ -50,8 +51,10 @@ func LoadEnv(environ []string) (Config, error) {
 }
 
 // ApplyEnv overlays c with the EnvPrefix variables of environ, leaving other fields as they
-// are, so that environment variables can override a YAML file. It reports every unknown
-// variable and malformed value; it does not call Validate.
+// are, so that environment variables can override a YAML file. Upstream entries use "__" to
+// separate the name and key: HTTPFX_UPSTREAMS__PAYMENTS__BASE_URL=https://pay.internal and
+// HTTPFX_UPSTREAMS__PAYMENTS__HEADERS__X_API_VERSION=2 (header "X-Api-Version"). It reports
+// every unknown variable and malformed value, naming the variable; it does not call Validate.
 func (c *Config) ApplyEnv(environ []string) error {
 	environ = slices.Sorted(slices.Values(environ))
 	var errs []error
@@ -61,13 +64,7 @@ func (c *Config) ApplyEnv(environ []string) error {
 		if !ok {
 			continue
 		}
-		f, ok := fieldByKey(strings.ToLower(key))
-		if !ok {
-			errs = append(errs, fmt.Errorf("httpfx: config: unknown environment variable %s: known are %s",
-				name, strings.Join(knownKeys(func(k string) string { return EnvPrefix + strings.ToUpper(k) }), ", ")))
-			continue
-		}
-		if err := setField(reflect.ValueOf(c).Elem().Field(f.index), value); err != nil {
+		if err := setEnv(reflect.ValueOf(c).Elem(), strings.Split(key, "__"), value); err != nil {
 			errs = append(errs, fmt.Errorf("httpfx: config: %s: %w", name, err))
 		}
 	}
@@ -76,82 +73,171 @@ func (c *Config) ApplyEnv(environ []string) error {
 
 // UnmarshalYAML overlays c with the YAML mapping in node, leaving absent keys as they are, so
 // that a Config embedded in a larger YAML document (with c set to DefaultConfig first) keeps
-// the defaults it does not mention. Unknown keys and malformed values are errors naming the key.
+// the defaults it does not mention. Unknown keys and malformed values are errors naming the
+// key.
 func (c *Config) UnmarshalYAML(node *yaml.Node) error {
 	if node.Kind == yaml.ScalarNode && node.Tag == "!!null" {
 		return nil
 	}
-	if node.Kind != yaml.MappingNode {
-		return fmt.Errorf("httpfx: config: line %d: want a mapping of keys to values", node.Line)
-	}
-	var errs []error
-	seen := make(map[string]bool, len(node.Content)/2)
-	for i := 0; i+1 < len(node.Content); i += 2 {
-		k, v := node.Content[i], node.Content[i+1]
-		if k.Kind != yaml.ScalarNode {
-			errs = append(errs, fmt.Errorf("httpfx: config: line %d: keys must be strings", k.Line))
-			continue
-		}
-		f, ok := fieldByKey(k.Value)
-		switch {
-		case !ok:
-			errs = append(errs, fmt.Errorf("httpfx: config: line %d: unknown key %q: known keys are %s",
-				k.Line, k.Value, strings.Join(knownKeys(func(k string) string { return k }), ", ")))
-			continue
-		case seen[k.Value]:
-			errs = append(errs, fmt.Errorf("httpfx: config: line %d: key %q appears twice", k.Line, k.Value))
-			continue
-		case v.Kind != yaml.ScalarNode || v.Tag == "!!null":
-			errs = append(errs, fmt.Errorf("httpfx: config: line %d: key %q: want a single value", v.Line, k.Value))
-			continue
-		}
-		seen[k.Value] = true
-		if err := setField(reflect.ValueOf(c).Elem().Field(f.index), v.Value); err != nil {
-			errs = append(errs, fmt.Errorf("httpfx: config: line %d: key %q: %w", v.Line, k.Value, err))
-		}
-	}
-	return errors.Join(errs...)
+	return errors.Join(decodeNode(reflect.ValueOf(c).Elem(), node, "")...)
 }
 
-// configField is one loadable field of Config.
-type configField struct {
-	key   string // the yaml tag
-	index int    // the field index in Config
+// decodeNode overlays v, a struct with yaml tags, a map with string keys or a scalar field,
+// with node. path is the dotted key of v, for errors.
+func decodeNode(v reflect.Value, node *yaml.Node, path string) []error {
+	fail := func(n *yaml.Node, format string, args ...any) []error {
+		at := ""
+		if path != "" {
+			at = fmt.Sprintf("key %q: ", path)
+		}
+		return []error{fmt.Errorf("httpfx: config: line %d: %s%s", n.Line, at, fmt.Sprintf(format, args...))}
+	}
+	switch v.Kind() {
+	case reflect.Struct, reflect.Map:
+		if node.Kind != yaml.MappingNode {
+			return fail(node, "want a mapping of keys to values")
+		}
+		var errs []error
+		seen := make(map[string]bool, len(node.Content)/2)
+		for i := 0; i+1 < len(node.Content); i += 2 {
+			k, val := node.Content[i], node.Content[i+1]
+			if k.Kind != yaml.ScalarNode {
+				errs = append(errs, fail(k, "keys must be strings")...)
+				continue
+			}
+			sub := k.Value
+			if path != "" {
+				sub = path + "." + k.Value
+			}
+			if seen[k.Value] {
+				errs = append(errs, fmt.Errorf("httpfx: config: line %d: key %q appears twice", k.Line, sub))
+				continue
+			}
+			seen[k.Value] = true
+			if v.Kind() == reflect.Map {
+				errs = append(errs, decodeMapEntry(v, k.Value, func(elem reflect.Value) []error {
+					return decodeNode(elem, val, sub)
+				})...)
+				continue
+			}
+			i, ok := fieldIndex(v.Type(), k.Value)
+			if !ok {
+				errs = append(errs, fmt.Errorf("httpfx: config: line %d: unknown key %q: known keys are %s",
+					k.Line, sub, strings.Join(fieldKeys(v.Type()), ", ")))
+				continue
+			}
+			errs = append(errs, decodeNode(v.Field(i), val, sub)...)
+		}
+		return errs
+	default:
+		if node.Kind != yaml.ScalarNode || node.Tag == "!!null" {
+			return fail(node, "want a single value")
+		}
+		if err := setField(v, node.Value); err != nil {
+			return fail(node, "%v", err)
+		}
+		return nil
+	}
 }
 
-// configFields lists Config's loadable fields in declaration order. It is computed on each
-// call: loading is rare, and a package-level cache would be mutable global state.
-func configFields() []configField {
-	t := reflect.TypeFor[Config]()
-	fields := make([]configField, 0, t.NumField())
+// decodeMapEntry overlays the entry key of the map m with decode, starting from the entry's
+// current value, so that a partial entry keeps the rest.
+func decodeMapEntry(m reflect.Value, key string, decode func(reflect.Value) []error) []error {
+	if m.IsNil() {
+		m.Set(reflect.MakeMap(m.Type()))
+	}
+	elem := reflect.New(m.Type().Elem()).Elem()
+	if cur := m.MapIndex(reflect.ValueOf(key)); cur.IsValid() {
+		elem.Set(cur)
+	}
+	errs := decode(elem)
+	m.SetMapIndex(reflect.ValueOf(key), elem)
+	return errs
+}
+
+// setEnv overlays v with one environment variable: segs is its name after EnvPrefix, split
+// at "__".
+func setEnv(v reflect.Value, segs []string, value string) error {
+	switch v.Kind() {
+	case reflect.Struct:
+		if len(segs) == 0 {
+			return errors.New("names a group of settings, not one: add its key")
+		}
+		i, ok := fieldIndex(v.Type(), strings.ToLower(segs[0]))
+		if !ok {
+			return fmt.Errorf("unknown variable: known are %s", strings.Join(envNames(v.Type()), ", "))
+		}
+		return setEnv(v.Field(i), segs[1:], value)
+	case reflect.Map:
+		if len(segs) == 0 || segs[0] == "" {
+			return errors.New("want NAME__KEY after the map's name")
+		}
+		key := strings.ToLower(segs[0])
+		if v.Type().Elem().Kind() == reflect.String { // headers: X_API_VERSION is X-Api-Version
+			key = http.CanonicalHeaderKey(strings.ReplaceAll(segs[0], "_", "-"))
+		}
+		return errors.Join(decodeMapEntry(v, key, func(elem reflect.Value) []error {
+			if err := setEnv(elem, segs[1:], value); err != nil {
+				return []error{err}
+			}
+			return nil
+		})...)
+	default:
+		if len(segs) != 0 {
+			return errors.New("unknown variable: this setting has no sub-keys")
+		}
+		return setField(v, value)
+	}
+}
+
+// fieldIndex returns the index of the field of struct type t whose yaml key is key.
+func fieldIndex(t reflect.Type, key string) (int, bool) {
 	for i := range t.NumField() {
-		if key, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); key != "" && key != "-" {
-			fields = append(fields, configField{key: key, index: i})
+		if yamlKey(t.Field(i)) == key {
+			return i, true
 		}
 	}
-	return fields
+	return 0, false
 }
 
-func fieldByKey(key string) (configField, bool) {
-	for _, f := range configFields() {
-		if f.key == key {
-			return f, true
-		}
-	}
-	return configField{}, false
-}
-
-func knownKeys(name func(string) string) []string {
+// fieldKeys lists the yaml keys of struct type t.
+func fieldKeys(t reflect.Type) []string {
 	var keys []string
-	for _, f := range configFields() {
-		keys = append(keys, name(f.key))
+	for i := range t.NumField() {
+		if k := yamlKey(t.Field(i)); k != "" {
+			keys = append(keys, k)
+		}
 	}
 	return keys
 }
 
+// envNames lists the environment variables of struct type t's fields, for error messages.
+func envNames(t reflect.Type) []string {
+	var names []string
+	for i := range t.NumField() {
+		k := strings.ToUpper(yamlKey(t.Field(i)))
+		if t.Field(i).Type.Kind() == reflect.Map {
+			k += "__<NAME>__<KEY>"
+		}
+		if t == reflect.TypeFor[Config]() {
+			k = EnvPrefix + k
+		}
+		names = append(names, k)
+	}
+	return names
+}
+
+func yamlKey(f reflect.StructField) string {
+	key, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	if key == "-" {
+		return ""
+	}
+	return key
+}
+
 var durationType = reflect.TypeFor[time.Duration]()
 
-// setField parses s into the field v, by v's type.
+// setField parses s into the scalar field v, by v's type.
 func setField(v reflect.Value, s string) error {
 	s = strings.TrimSpace(s)
 	switch {

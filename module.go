@@ -51,13 +51,21 @@ type ownerParams struct {
 
 func newModuleOwner(p ownerParams) (*owner, error) { return newOwner(p.Config, p.Logger) }
 
+// clientResult is what newModuleClient provides: the client, and its tracker for Upstream.
+type clientResult struct {
+	fx.Out
+
+	Client  *http.Client
+	Tracker *tracker
+}
+
 // newModuleClient builds the owned client over the (possibly decorated) round tripper and
-// registers the hooks here, so that every component that depends on the client is stopped
-// before the client drains.
-func newModuleClient(lc fx.Lifecycle, o *owner, t *http.Transport, rt http.RoundTripper) *http.Client {
+// registers the hooks here, so that every component that depends on the client, or on an
+// upstream client, is stopped before the client drains.
+func newModuleClient(lc fx.Lifecycle, o *owner, t *http.Transport, rt http.RoundTripper) clientResult {
 	c := o.newClient(t, rt)
 	lc.Append(o.hook())
-	return c
+	return clientResult{Client: c, Tracker: o.tracker}
 }
 
 // recordGraphClient records the *http.Client consumers get, so that start can say if a

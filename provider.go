@@ -64,7 +64,8 @@ func New(p Params) (Result, error) {
 	return Result{Transport: o.transport, RoundTripper: o.transport, Client: c, Stats: o.stats}, nil
 }
 
-// Shutdown runs the stop sequence of a client that New or the Module built: it refuses new
+// Shutdown runs the stop sequence of a client that New, the Module or Upstream built (for an
+// upstream client, that of the module it shares): it refuses new
 // requests with ErrClosed, waits for in-flight requests and their response bodies (bounded by
 // ctx and Config.DrainTimeout), closes the owned transport's connections, and returns an
 // error wrapping ctx's error and saying how many requests it cut if the bound expired. It is
@@ -72,8 +73,11 @@ func New(p Params) (Result, error) {
 // return its result. For a client httpfx did not build it returns an error and does nothing.
 func Shutdown(ctx context.Context, c *http.Client) error {
 	if c != nil {
-		if t, ok := c.Transport.(*tracker); ok {
+		switch t := c.Transport.(type) {
+		case *tracker:
 			return t.o.stop(ctx)
+		case *upstream:
+			return t.t.o.stop(ctx)
 		}
 	}
 	return errors.New("httpfx: shutdown: the client was not built by httpfx, which closes only what it created")
@@ -91,6 +95,7 @@ type owner struct {
 
 	// Set while the graph is built, before start; read-only afterwards.
 	client   *http.Client    // the client httpfx built, nil until built
+	tracker  *tracker        // client's round tripper, shared by the upstream clients
 	inUse    *http.Transport // the *http.Transport the client was built over
 	inGraph  *http.Client    // the *http.Client the graph hands out (Module only)
 	nextType string          // the type of the round tripper under the client, for the start log
@@ -102,7 +107,8 @@ type owner struct {
 }
 
 func newOwner(cfg Config, log *zap.Logger) (*owner, error) {
-	if err := cfg.Validate(); err != nil {
+	r, err := cfg.resolve()
+	if err != nil {
 		return nil, err
 	}
 	if log == nil {
@@ -112,8 +118,8 @@ func newOwner(cfg Config, log *zap.Logger) (*owner, error) {
 		cfg:        cfg,
 		log:        log.Named("httpfx"),
 		stats:      new(Stats),
-		transport:  newTransport(cfg),
-		timeoutErr: &timeoutError{d: cfg.Timeout},
+		transport:  newTransport(cfg, r),
+		timeoutErr: &timeoutError{what: "Config.Timeout", d: cfg.Timeout},
 		drained:    make(chan struct{}),
 	}
 	o.conns.stats = o.stats
@@ -121,8 +127,8 @@ func newOwner(cfg Config, log *zap.Logger) (*owner, error) {
 }
 
 // newTransport builds the tuned transport: a clone of http.DefaultTransport's settings (never
-// the default transport itself) with cfg applied.
-func newTransport(cfg Config) *http.Transport {
+// the default transport itself) with cfg, and what resolve derived from it, applied.
+func newTransport(cfg Config, r resolved) *http.Transport {
 	var t *http.Transport
 	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
 		t = dt.Clone()
@@ -130,11 +136,8 @@ func newTransport(cfg Config) *http.Transport {
 		t = &http.Transport{} // http.DefaultTransport was replaced; cfg sets what matters below.
 	}
 	t.DialContext = (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: cfg.KeepAlive}).DialContext
-	t.Proxy = nil
-	if cfg.ProxyFromEnvironment {
-		t.Proxy = http.ProxyFromEnvironment
-	}
-	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	t.Proxy = r.proxy
+	t.TLSClientConfig = r.tls
 	t.TLSHandshakeTimeout = cfg.TLSHandshakeTimeout
 	t.ResponseHeaderTimeout = cfg.ResponseHeaderTimeout
 	t.ExpectContinueTimeout = cfg.ExpectContinueTimeout
@@ -165,7 +168,8 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 	}
 	o.inUse = t
 	o.nextType = fmt.Sprintf("%T", rt)
-	o.client = &http.Client{Transport: &tracker{next: rt, o: o}}
+	o.tracker = &tracker{next: rt, o: o}
+	o.client = &http.Client{Transport: o.tracker}
 	return o.client
 }
 
@@ -181,10 +185,13 @@ func (o *owner) admit() bool {
 }
 
 // finish ends an admitted request: it stops the request's timeout, if any, and counts the
-// request out of flight.
-func (o *owner) finish(cancel context.CancelFunc, failed bool) {
+// request out of flight, and out of its upstream's if up is set.
+func (o *owner) finish(cancel context.CancelFunc, up *upstream, failed bool) {
 	if cancel != nil {
 		cancel()
+	}
+	if up != nil {
+		up.done(failed)
 	}
 	if failed {
 		o.stats.failed.Add(1)
@@ -202,13 +209,16 @@ func (o *owner) release() {
 
 func (o *owner) signalDrained() { o.drainOnce.Do(func() { close(o.drained) }) }
 
-// timeoutError is the cause of a request's context when Config.Timeout expires. Like
+// timeoutError is the cause of a request's context when a timeout of httpfx expires. Like
 // http.Client's own timeout error, it is a net.Error whose Timeout reports true, and it wraps
 // context.DeadlineExceeded.
-type timeoutError struct{ d time.Duration }
+type timeoutError struct {
+	what string // the setting that expired
+	d    time.Duration
+}
 
 func (e *timeoutError) Error() string {
-	return fmt.Sprintf("httpfx: request exceeded Config.Timeout (%v)", e.d)
+	return fmt.Sprintf("httpfx: request exceeded %s (%v)", e.what, e.d)
 }
 func (e *timeoutError) Timeout() bool   { return true }
 func (e *timeoutError) Temporary() bool { return true }

@@ -96,19 +96,23 @@ func TestReadmeConfigTable(t *testing.T) {
 	for i := range def.NumField() {
 		f := def.Type().Field(i)
 		key := f.Tag.Get("yaml")
+		env := httpfx.EnvPrefix + strings.ToUpper(key)
 		var want string
 		switch v := def.Field(i).Interface().(type) {
 		case time.Duration:
 			want = v.String()
 		case string:
-			want = "(Go's)"
+			want = "(none)"
 			if v != "" {
 				want = v
 			}
+		case map[string]httpfx.UpstreamConfig:
+			want = "(none)"
+			env += "__<NAME>__<KEY>"
 		default:
 			want = fmt.Sprint(v)
 		}
-		row := fmt.Sprintf("| `%s` | `%s%s` | %s |", key, httpfx.EnvPrefix, strings.ToUpper(key), want)
+		row := fmt.Sprintf("| `%s` | `%s` | %s |", key, env, want)
 		if !strings.Contains(string(readme), row) {
 			t.Errorf("README lacks the row for %s: %s", f.Name, row)
 		}

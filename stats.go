@@ -1,6 +1,9 @@
 package httpfx
 
-import "sync/atomic"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // Stats holds the live counters of the client and transport that httpfx built. The Module
 // and New create it; users only read it, with Snapshot, from any goroutine. A nil or zero
@@ -14,6 +17,9 @@ type Stats struct {
 	opened   atomic.Int64
 	open     atomic.Int64
 	cut      atomic.Int64
+
+	mu        sync.Mutex
+	upstreams map[string]*upstreamStats // by name; written only while the graph is built
 }
 
 // Snapshot is a copy of the counters at one moment. Counters are read one by one, so under
@@ -26,6 +32,18 @@ type Snapshot struct {
 	ConnsOpened int64 // connections the owned transport dialled
 	ConnsOpen   int64 // connections of the owned transport open now
 	Cut         int64 // in-flight requests cut because the drain bound expired at stop
+
+	// Upstreams holds the counters of each upstream client (see Upstream), by name; nil if
+	// there is none. They are part of the totals above.
+	Upstreams map[string]UpstreamSnapshot
+}
+
+// UpstreamSnapshot is a copy of one upstream client's counters. Connections are shared by all
+// clients, so they are counted only in Snapshot's totals.
+type UpstreamSnapshot struct {
+	Requests int64 // requests admitted
+	InFlight int64 // admitted requests not yet finished
+	Failed   int64 // admitted requests that ended with an error
 }
 
 // Snapshot returns the current counters. It is safe for concurrent use.
@@ -33,7 +51,17 @@ func (s *Stats) Snapshot() Snapshot {
 	if s == nil {
 		return Snapshot{}
 	}
+	var ups map[string]UpstreamSnapshot
+	s.mu.Lock()
+	if len(s.upstreams) > 0 {
+		ups = make(map[string]UpstreamSnapshot, len(s.upstreams))
+		for name, u := range s.upstreams {
+			ups[name] = UpstreamSnapshot{Requests: u.requests.Load(), InFlight: u.inFlight.Load(), Failed: u.failed.Load()}
+		}
+	}
+	s.mu.Unlock()
 	return Snapshot{
+		Upstreams:   ups,
 		Requests:    s.requests.Load(),
 		InFlight:    s.gate.Load() &^ closedBit,
 		Failed:      s.failed.Load(),
@@ -52,4 +80,16 @@ func (s Snapshot) ReuseRatio() float64 {
 		return 0
 	}
 	return 1 - float64(s.ConnsOpened)/float64(s.Requests)
+}
+
+// addUpstream returns the counters of the upstream client name, new.
+func (s *Stats) addUpstream(name string) *upstreamStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.upstreams == nil {
+		s.upstreams = make(map[string]*upstreamStats)
+	}
+	u := new(upstreamStats)
+	s.upstreams[name] = u
+	return u
 }

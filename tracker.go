@@ -30,18 +30,35 @@ var _ http.RoundTripper = (*tracker)(nil)
 
 // RoundTrip implements http.RoundTripper.
 func (t *tracker) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.roundTrip(req, nil)
+}
+
+// roundTrip sends req on behalf of the upstream client up, or of the owned client if up is
+// nil, each with its own overall timeout.
+func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, error) {
 	o := t.o
+	d, cause := o.cfg.Timeout, o.timeoutErr
+	if up != nil {
+		d, cause = up.timeout, up.timeoutErr
+	}
 	if !o.admit() {
 		if req.Body != nil {
 			req.Body.Close() // A RoundTripper must always close the body.
 		}
+		if up != nil && up.slots != nil {
+			<-up.slots
+		}
 		return nil, ErrClosed
 	}
+	if up != nil {
+		up.stats.requests.Add(1)
+		up.stats.inFlight.Add(1)
+	}
 	cancel := context.CancelFunc(nil)
-	if d := o.cfg.Timeout; d > 0 {
+	if d > 0 {
 		ctx := req.Context()
 		if deadline, ok := ctx.Deadline(); !ok || time.Until(deadline) > d {
-			ctx, cancel = context.WithTimeoutCause(ctx, d, o.timeoutErr)
+			ctx, cancel = context.WithTimeoutCause(ctx, d, cause)
 			req = req.WithContext(ctx)
 		}
 	}
@@ -51,19 +68,19 @@ func (t *tracker) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp, err := t.next.RoundTrip(req)
 	if err != nil {
-		o.finish(cancel, true)
+		o.finish(cancel, up, true)
 		return nil, err
 	}
 	if resp.Body == nil || resp.Body == http.NoBody {
-		o.finish(cancel, false)
+		o.finish(cancel, up, false)
 		return resp, nil
 	}
 	var b *body
 	if w, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
-		rw := &rwBody{body: body{rc: w, o: o, cancel: cancel}, w: w}
+		rw := &rwBody{body: body{rc: w, o: o, up: up, cancel: cancel}, w: w}
 		b, resp.Body = &rw.body, rw
 	} else {
-		b = &body{rc: resp.Body, o: o, cancel: cancel}
+		b = &body{rc: resp.Body, o: o, up: up, cancel: cancel}
 		resp.Body = b
 	}
 	if req.Context().Done() != nil {
@@ -90,6 +107,7 @@ func (t *tracker) CloseIdleConnections() {
 type body struct {
 	rc     io.ReadCloser
 	o      *owner
+	up     *upstream          // the upstream client that sent it; nil for the owned client
 	cancel context.CancelFunc // ends the request's own timeout context; nil if none
 	stop   func() bool        // unregisters abort from the request's context; nil if none
 	done   atomic.Bool
@@ -121,7 +139,7 @@ func (b *body) end(failed, aborted bool) {
 	if !aborted && b.stop != nil {
 		b.stop()
 	}
-	b.o.finish(b.cancel, failed)
+	b.o.finish(b.cancel, b.up, failed)
 }
 
 // rwBody keeps a 101 Switching Protocols body writable, as net/http returns it.

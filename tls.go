@@ -1,0 +1,195 @@
+package httpfx
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+)
+
+// tlsConfig builds the transport's TLS settings from c, reading the files it names. Every
+// error names the field.
+func (c Config) tlsConfig() (*tls.Config, error) {
+	tc := &tls.Config{
+		ServerName:         c.TLSServerName,
+		InsecureSkipVerify: c.TLSInsecureSkipVerify, //nolint:gosec // documented, and warned about at every start
+	}
+	switch c.TLSMinVersion {
+	case "", "1.2":
+		tc.MinVersion = tls.VersionTLS12
+	case "1.3":
+		tc.MinVersion = tls.VersionTLS13
+	default:
+		return nil, fmt.Errorf("httpfx: config: TLSMinVersion is %q: want \"1.2\" or \"1.3\"", c.TLSMinVersion)
+	}
+	if c.TLSCAFile != "" || c.TLSCAPEM != "" {
+		pool := x509.NewCertPool()
+		if !c.TLSCAOnly {
+			sys, err := x509.SystemCertPool()
+			if err != nil {
+				return nil, fmt.Errorf("httpfx: config: TLSCAFile: the system's roots cannot be read (set TLSCAOnly to use only yours): %w", err)
+			}
+			pool = sys
+		}
+		if c.TLSCAFile != "" {
+			pem, err := os.ReadFile(c.TLSCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("httpfx: config: TLSCAFile: %w", err)
+			}
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("httpfx: config: TLSCAFile %q holds no PEM certificate", c.TLSCAFile)
+			}
+		}
+		if c.TLSCAPEM != "" && !pool.AppendCertsFromPEM([]byte(c.TLSCAPEM)) {
+			return nil, fmt.Errorf("httpfx: config: TLSCAPEM holds no PEM certificate")
+		}
+		tc.RootCAs = pool
+	} else if c.TLSCAOnly {
+		return nil, fmt.Errorf("httpfx: config: TLSCAOnly is set but neither TLSCAFile nor TLSCAPEM is: no upstream could be verified")
+	}
+	switch {
+	case c.TLSCertFile != "" && c.TLSKeyFile != "":
+		cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("httpfx: config: TLSCertFile/TLSKeyFile %q/%q: %w", c.TLSCertFile, c.TLSKeyFile, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	case c.TLSCertFile != "":
+		return nil, fmt.Errorf("httpfx: config: TLSCertFile is set but TLSKeyFile is not: want both or neither")
+	case c.TLSKeyFile != "":
+		return nil, fmt.Errorf("httpfx: config: TLSKeyFile is set but TLSCertFile is not: want both or neither")
+	}
+	return tc, nil
+}
+
+// proxy returns the transport's Proxy function: ProxyURL if set, else the environment's if
+// ProxyFromEnvironment, else nil (no proxy). Every error names the field.
+func (c Config) proxy() (func(*http.Request) (*url.URL, error), error) {
+	if c.ProxyURL == "" {
+		if c.ProxyFromEnvironment {
+			return http.ProxyFromEnvironment, nil
+		}
+		return nil, nil
+	}
+	u, err := url.Parse(c.ProxyURL)
+	if err != nil {
+		// url's error quotes the URL, which may hold credentials: say only what is wrong.
+		return nil, fmt.Errorf("httpfx: config: ProxyURL is not a valid URL: want scheme://host:port")
+	}
+	switch u.Scheme {
+	case "http", "https", "socks5", "socks5h":
+	default:
+		return nil, fmt.Errorf("httpfx: config: ProxyURL scheme %q: want http, https or socks5", u.Scheme)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("httpfx: config: ProxyURL has no host: want scheme://host:port")
+	}
+	bypass, err := parseNoProxy(c.NoProxy)
+	if err != nil {
+		return nil, err
+	}
+	return func(r *http.Request) (*url.URL, error) {
+		if bypass.match(r.URL) {
+			return nil, nil
+		}
+		return u, nil
+	}, nil
+}
+
+// proxyForLog describes the proxy setting without credentials.
+func (c Config) proxyForLog() string {
+	switch {
+	case c.ProxyURL != "":
+		if u, err := url.Parse(c.ProxyURL); err == nil {
+			return u.Scheme + "://" + u.Host
+		}
+		return "invalid"
+	case c.ProxyFromEnvironment:
+		return "environment"
+	default:
+		return "none"
+	}
+}
+
+// noProxy is a parsed NoProxy list.
+type noProxy []noProxyEntry
+
+type noProxyEntry struct {
+	all    bool
+	ipNet  *net.IPNet
+	ip     net.IP
+	domain string // lower case, without a leading dot
+	subs   bool   // the entry had a leading dot: subdomains only
+	port   string // empty: any port
+}
+
+func parseNoProxy(list string) (noProxy, error) {
+	var np noProxy
+	for _, raw := range strings.Split(list, ",") {
+		s := strings.ToLower(strings.TrimSpace(raw))
+		if s == "" {
+			continue
+		}
+		if s == "*" {
+			np = append(np, noProxyEntry{all: true})
+			continue
+		}
+		var e noProxyEntry
+		if _, ipNet, err := net.ParseCIDR(s); err == nil {
+			e.ipNet = ipNet
+			np = append(np, e)
+			continue
+		}
+		host := s
+		if h, p, err := net.SplitHostPort(s); err == nil {
+			host, e.port = h, p
+		}
+		if ip := net.ParseIP(host); ip != nil {
+			e.ip = ip
+		} else {
+			e.subs = strings.HasPrefix(host, ".")
+			e.domain = strings.TrimPrefix(host, ".")
+			if e.domain == "" || strings.ContainsAny(e.domain, "/:@ ") {
+				return nil, fmt.Errorf("httpfx: config: NoProxy entry %q: want a host, .domain, IP address, CIDR range or *", strings.TrimSpace(raw))
+			}
+		}
+		np = append(np, e)
+	}
+	return np, nil
+}
+
+// match reports whether u's host bypasses the proxy.
+func (np noProxy) match(u *url.URL) bool {
+	host, port := strings.ToLower(u.Hostname()), u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	ip := net.ParseIP(host)
+	for _, e := range np {
+		switch {
+		case e.all:
+			return true
+		case e.port != "" && e.port != port:
+			continue
+		case e.ipNet != nil:
+			if ip != nil && e.ipNet.Contains(ip) {
+				return true
+			}
+		case e.ip != nil:
+			if ip != nil && e.ip.Equal(ip) {
+				return true
+			}
+		case host == e.domain:
+			if !e.subs {
+				return true
+			}
+		case strings.HasSuffix(host, "."+e.domain):
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,251 @@
+package httpfx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/fx"
+)
+
+// UpstreamConfig configures a named upstream client (see Upstream). Its zero value is not
+// usable: BaseURL is required.
+type UpstreamConfig struct {
+	// BaseURL is the upstream's http or https URL, such as "https://payments.internal/api/".
+	// Relative request URLs resolve against it as a browser resolves links: "v1/charges"
+	// appends to its path, "/v1/charges" replaces the path. It must not hold credentials
+	// (use Headers), a query or a fragment.
+	BaseURL string `yaml:"base_url" json:"base_url"`
+
+	// Headers are set on every request to BaseURL's scheme and host that does not set them
+	// itself, and never on a request to any other host, redirects included: the place for
+	// credentials and API versions. Their values are never logged. Nil means none.
+	Headers map[string]string `yaml:"headers" json:"headers"`
+
+	// Timeout bounds a whole request to this upstream, body included, instead of
+	// Config.Timeout. Zero means Config.Timeout.
+	Timeout time.Duration `yaml:"timeout" json:"timeout"`
+
+	// MaxConnsPerHost bounds this upstream's requests in flight, and so the HTTP/1.1
+	// connections it holds of the shared pool at once; requests beyond it wait, as long as
+	// their context allows. Zero means only Config.MaxConnsPerHost bounds it.
+	MaxConnsPerHost int `yaml:"max_conns_per_host" json:"max_conns_per_host"`
+}
+
+// Upstream declares a *http.Client named name (take it with the tag `name:"<name>"`) for
+// one upstream service. It sends through the module's shared round tripper, so it shares the
+// connection pool, the drain at stop, ErrClosed after stop and the counters, and it adds
+// cfg's base URL, headers, timeout and connection limit. An entry for name in
+// Config.Upstreams overrides cfg's fields that it sets. An invalid name or configuration
+// fails fx.New with an error naming the upstream and the field. Use it beside Module.
+func Upstream(name string, cfg UpstreamConfig) fx.Option {
+	if !upstreamName.MatchString(name) {
+		return fx.Error(fmt.Errorf("httpfx: upstream name %q: want lower-case letters, digits, '-' and single '_', starting with a letter", name))
+	}
+	return fx.Provide(fx.Annotate(
+		func(t *tracker) (*http.Client, error) { return t.o.newUpstream(name, cfg) },
+		fx.ResultTags(`name:"`+name+`"`),
+	))
+}
+
+// upstreamName is what an upstream name may look like: it is a YAML key, part of an
+// environment variable name (with "__" as the separator) and a log field.
+var upstreamName = regexp.MustCompile(`^[a-z]([a-z0-9-]|_[a-z0-9-])*$`)
+
+// headerToken is an HTTP header name (RFC 9110 token).
+var headerToken = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+// validate reports the problems of u, naming the upstream and the field. A file entry
+// (partial) may leave BaseURL to the code's UpstreamConfig.
+func (u UpstreamConfig) validate(name string, complete bool) error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("httpfx: config: upstream %q: %s", name, fmt.Sprintf(format, args...)))
+	}
+	if !upstreamName.MatchString(name) {
+		bad("want a name of lower-case letters, digits, '-' and single '_', starting with a letter")
+	}
+	if u.BaseURL != "" || complete {
+		if _, err := parseBaseURL(u.BaseURL); err != nil {
+			bad("BaseURL %v", err)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(u.Headers)) {
+		if !headerToken.MatchString(k) {
+			bad("Headers: %q is not a valid header name", k)
+		}
+		if strings.ContainsFunc(u.Headers[k], isControl) {
+			bad("Headers: the value of %q contains a control character", k)
+		}
+	}
+	if u.Timeout < 0 {
+		bad("Timeout is %v: want zero (Config.Timeout) or a positive duration", u.Timeout)
+	}
+	if u.MaxConnsPerHost < 0 {
+		bad("MaxConnsPerHost is %d: want zero (no extra limit) or a positive number", u.MaxConnsPerHost)
+	}
+	return errors.Join(errs...)
+}
+
+// overlay returns u with the fields that file sets.
+func (u UpstreamConfig) overlay(file UpstreamConfig) UpstreamConfig {
+	if file.BaseURL != "" {
+		u.BaseURL = file.BaseURL
+	}
+	if len(file.Headers) > 0 {
+		h := maps.Clone(u.Headers)
+		if h == nil {
+			h = make(map[string]string, len(file.Headers))
+		}
+		maps.Copy(h, file.Headers)
+		u.Headers = h
+	}
+	if file.Timeout != 0 {
+		u.Timeout = file.Timeout
+	}
+	if file.MaxConnsPerHost != 0 {
+		u.MaxConnsPerHost = file.MaxConnsPerHost
+	}
+	return u
+}
+
+// parseBaseURL parses an upstream's base URL. Its errors do not repeat the URL, which could
+// hold credentials.
+func parseBaseURL(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, errors.New("is empty: want the upstream's http or https URL")
+	}
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return nil, errors.New("is not a valid URL: want http(s)://host[:port][/path/]")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("scheme %q: want http or https", u.Scheme)
+	case u.Host == "":
+		return nil, errors.New("has no host: want http(s)://host[:port][/path/]")
+	case u.User != nil:
+		return nil, errors.New("holds credentials: put them in Headers, which go only to this upstream")
+	case u.RawQuery != "" || u.Fragment != "":
+		return nil, errors.New("has a query or fragment: want http(s)://host[:port][/path/]")
+	}
+	return u, nil
+}
+
+// upstream is the RoundTripper of an upstream client. It resolves relative URLs against the
+// base, adds the headers to requests for the base's origin only, bounds requests in flight,
+// and sends through the owned client's tracker with its own timeout. It is safe for
+// concurrent use.
+type upstream struct {
+	name       string
+	base       *url.URL
+	headers    http.Header   // canonical names; nil if none
+	timeout    time.Duration // of the whole request; zero: none
+	timeoutErr error         // the cause of a request's context when timeout expires
+	slots      chan struct{} // MaxConnsPerHost tokens; nil if unbounded
+	t          *tracker
+	stats      *upstreamStats
+}
+
+var _ http.RoundTripper = (*upstream)(nil)
+
+// upstreamStats are the counters of one upstream client.
+type upstreamStats struct {
+	requests, inFlight, failed atomic.Int64
+}
+
+func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, error) {
+	cfg := code.overlay(o.cfg.Upstreams[name])
+	if err := cfg.validate(name, true); err != nil {
+		return nil, err
+	}
+	base, _ := parseBaseURL(cfg.BaseURL)
+	u := &upstream{name: name, base: base, timeout: cfg.Timeout, t: o.tracker}
+	u.timeoutErr = &timeoutError{what: fmt.Sprintf("upstream %q Timeout", name), d: cfg.Timeout}
+	if u.timeout == 0 {
+		u.timeout, u.timeoutErr = o.cfg.Timeout, o.timeoutErr
+	}
+	if len(cfg.Headers) > 0 {
+		u.headers = make(http.Header, len(cfg.Headers))
+		for k, v := range cfg.Headers {
+			u.headers.Set(k, v)
+		}
+	}
+	if cfg.MaxConnsPerHost > 0 {
+		u.slots = make(chan struct{}, cfg.MaxConnsPerHost)
+	}
+	u.stats = o.stats.addUpstream(name)
+	return &http.Client{Transport: u}, nil
+}
+
+// RoundTrip implements http.RoundTripper.
+func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Host == "" && req.URL.Scheme == "" {
+		r := *req
+		r.URL = u.base.ResolveReference(req.URL)
+		req = &r
+	}
+	if u.headers != nil && sameOrigin(req.URL, u.base) {
+		h := req.Header.Clone()
+		if h == nil {
+			h = make(http.Header, len(u.headers))
+		}
+		for k, v := range u.headers {
+			if _, set := h[k]; !set {
+				h[k] = v
+			}
+		}
+		r := *req
+		r.Header = h
+		req = &r
+	}
+	if u.slots != nil {
+		select {
+		case u.slots <- struct{}{}:
+		case <-req.Context().Done():
+			if req.Body != nil {
+				req.Body.Close()
+			}
+			return nil, fmt.Errorf("httpfx: upstream %q: waiting for one of its %d connections: %w",
+				u.name, cap(u.slots), context.Cause(req.Context()))
+		}
+	}
+	return u.t.roundTrip(req, u)
+}
+
+// done counts an upstream request out of flight.
+func (u *upstream) done(failed bool) {
+	if failed {
+		u.stats.failed.Add(1)
+	}
+	u.stats.inFlight.Add(-1)
+	if u.slots != nil {
+		<-u.slots
+	}
+}
+
+// CloseIdleConnections closes the idle connections of the shared pool, as the owned client's
+// does.
+func (u *upstream) CloseIdleConnections() { u.t.CloseIdleConnections() }
+
+// sameOrigin reports whether a and b have the same scheme, host and port.
+func sameOrigin(a, b *url.URL) bool {
+	return a.Scheme == b.Scheme && strings.EqualFold(a.Hostname(), b.Hostname()) && portOf(a) == portOf(b)
+}
+
+func portOf(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if u.Scheme == "https" {
+		return "443"
+	}
+	return "80"
+}
