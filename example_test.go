@@ -180,3 +180,83 @@ func ExampleLoadEnv() {
 	fmt.Println(cfg.Timeout, err)
 	// Output: 0s httpfx: config: HTTPFX_MAX_IDLE_CONNS_PER_HOST: invalid integer "oops": want a whole number such as 100
 }
+
+// PaymentsClient is a component that calls one upstream through its named client.
+type PaymentsClient struct{ http *http.Client }
+
+// NewPaymentsClient takes the client named "payments".
+func NewPaymentsClient(c *http.Client) *PaymentsClient { return &PaymentsClient{http: c} }
+
+// Charge calls the payments upstream with a URL relative to its base.
+func (p *PaymentsClient) Charge() (string, error) {
+	resp, err := p.http.Get("v1/charges")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// SearchParams takes the client named "search" in an fx.In struct.
+type SearchParams struct {
+	fx.In
+
+	Client *http.Client `name:"search"`
+}
+
+// Declare named upstream clients; they share the module's pool, drain and counters.
+func Example_upstreams() {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s", r.URL.Path, r.Header.Get("Authorization"))
+	}))
+	defer upstream.Close()
+
+	var payments *PaymentsClient
+	var search SearchParams
+	var stats *httpfx.Stats
+	app := fx.New(
+		fx.NopLogger,
+		httpfx.Module,
+		httpfx.Upstream("payments", httpfx.UpstreamConfig{
+			BaseURL: upstream.URL + "/payments/",
+			Headers: map[string]string{"Authorization": "Bearer sk-test"},
+			Timeout: 5 * time.Second,
+		}),
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: upstream.URL + "/search/"}),
+		fx.Provide(fx.Annotate(NewPaymentsClient, fx.ParamTags(`name:"payments"`))),
+		fx.Populate(&payments, &search, &stats),
+	)
+	if err := app.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	fmt.Println(payments.Charge())
+	resp, err := search.Client.Get("q?term=go")
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Printf("%q\n", body)
+	if err := app.Stop(context.Background()); err != nil {
+		panic(err)
+	}
+	s := stats.Snapshot()
+	fmt.Println(s.Requests, s.ConnsOpened, s.Upstreams["payments"].Requests)
+	// Output:
+	// /payments/v1/charges Bearer sk-test <nil>
+	// "/search/q "
+	// 2 1 1
+}
+
+// Trust a private CA, present a client certificate (mutual TLS) and use an explicit proxy.
+func Example_tlsAndProxy() {
+	cfg, err := httpfx.LoadYAML([]byte(`
+tls_ca_file: testdata/example-ca.pem
+tls_min_version: "1.3"
+proxy_url: http://proxy.internal:3128
+no_proxy: .svc.cluster.local, 10.0.0.0/8
+`))
+	fmt.Println(cfg.TLSMinVersion, cfg.NoProxy, err)
+	// Output: 1.3 .svc.cluster.local, 10.0.0.0/8 <nil>
+}

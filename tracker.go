@@ -3,8 +3,10 @@ package httpfx
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -69,7 +71,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	resp, err := t.next.RoundTrip(req)
 	if err != nil {
 		o.finish(cancel, up, true)
-		return nil, err
+		return nil, o.explain(err)
 	}
 	if resp.Body == nil || resp.Body == http.NoBody {
 		o.finish(cancel, up, false)
@@ -89,6 +91,19 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		b.stop = context.AfterFunc(req.Context(), b.abort)
 	}
 	return resp, nil
+}
+
+// explain adds what net/http's HTTP/2 client leaves out of one error: a TLS 1.3 server that
+// rejects the client's certificate closes the connection after the handshake, and the client
+// reports only that the connection "could not be established".
+func (o *owner) explain(err error) error {
+	if !strings.Contains(err.Error(), "http2: client conn could not be established") {
+		return err
+	}
+	if o.cfg.TLSCertFile == "" {
+		return fmt.Errorf("httpfx: the upstream closed the connection right after the TLS handshake; if it requires a client certificate (mutual TLS), set TLSCertFile and TLSKeyFile: %w", err)
+	}
+	return fmt.Errorf("httpfx: the upstream closed the connection right after the TLS handshake; it may not accept the client certificate of TLSCertFile: %w", err)
 }
 
 // CloseIdleConnections closes the idle connections of the transport httpfx built, however the

@@ -182,7 +182,7 @@ func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, err
 		u.slots = make(chan struct{}, cfg.MaxConnsPerHost)
 	}
 	u.stats = o.stats.addUpstream(name)
-	return &http.Client{Transport: u}, nil
+	return &http.Client{Transport: u, CheckRedirect: redirectPolicy(base)}, nil
 }
 
 // RoundTrip implements http.RoundTripper.

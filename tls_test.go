@@ -1,0 +1,264 @@
+package httpfx_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/httpfx/httpfx"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxtest"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// pki is a throw-away certificate authority with files in a test's temporary directory.
+type pki struct {
+	t      testing.TB
+	dir    string
+	ca     *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+	CAFile string
+	pool   *x509.CertPool
+}
+
+func newPKI(t testing.TB) *pki {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "httpfx test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(der)
+	p := &pki{t: t, dir: t.TempDir(), ca: ca, caKey: key, pool: x509.NewCertPool()}
+	p.pool.AddCert(ca)
+	p.CAFile = p.write("ca.pem", "CERTIFICATE", der)
+	return p
+}
+
+func (p *pki) write(name, kind string, der []byte) string {
+	path := filepath.Join(p.dir, name)
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
+		p.t.Fatal(err)
+	}
+	return path
+}
+
+// issue returns a certificate signed by the CA for the given names (DNS names or IPs), usable
+// by servers and clients, and the paths of its PEM files.
+func (p *pki) issue(name string, hosts ...string) (cert tls.Certificate, certFile, keyFile string) {
+	p.t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	certFile = p.write(name+".pem", "CERTIFICATE", der)
+	keyFile = p.write(name+"-key.pem", "PRIVATE KEY", keyDER)
+	cert, err = tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return cert, certFile, keyFile
+}
+
+// newMTLSUpstream starts a TLS server offering HTTP/2 with a certificate of p for hosts,
+// requiring a client certificate of p if mutual is set. It answers with the protocol used.
+func newMTLSUpstream(t testing.TB, p *pki, mutual bool, hosts ...string) *upstream {
+	t.Helper()
+	cert, _, _ := p.issue("server", hosts...)
+	u := &upstream{Server: httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Proto)
+	}))}
+	u.Config.ConnState = u.track
+	u.Config.ErrorLog = nopLog() // handshake failures are the point of some tests
+	u.EnableHTTP2 = true
+	u.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	if mutual {
+		u.TLS.ClientAuth = tls.RequireAndVerifyClientCert
+		u.TLS.ClientCAs = p.pool
+	}
+	u.StartTLS()
+	t.Cleanup(u.Close)
+	return u
+}
+
+func TestMutualTLSOverHTTP2(t *testing.T) {
+	p := newPKI(t)
+	u := newMTLSUpstream(t, p, true, "127.0.0.1")
+	_, certFile, keyFile := p.issue("client")
+
+	tests := []struct {
+		name    string
+		give    func(*httpfx.Config)
+		want    string // the response body: the protocol
+		wantErr string
+	}{
+		{"with the client certificate", func(c *httpfx.Config) {
+			c.TLSCAFile, c.TLSCAOnly, c.TLSCertFile, c.TLSKeyFile = p.CAFile, true, certFile, keyFile
+		}, "HTTP/2.0", ""},
+		{"without it", func(c *httpfx.Config) { c.TLSCAFile, c.TLSCAOnly = p.CAFile, true }, "", "if it requires a client certificate (mutual TLS), set TLSCertFile and TLSKeyFile"},
+		{"without the CA", func(c *httpfx.Config) { c.TLSCertFile, c.TLSKeyFile = certFile, keyFile }, "", "certificate signed by unknown authority"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var client *http.Client
+			app := fxtest.New(t, fx.NopLogger, httpfx.Module, withConfig(tt.give), fx.Populate(&client))
+			app.RequireStart()
+			got, err := get(client, u.URL)
+			switch {
+			case tt.wantErr == "" && (err != nil || got != tt.want):
+				t.Errorf("GET = %q, %v; want %q", got, err, tt.want)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("GET = %q, %v; want an error containing %q", got, err, tt.wantErr)
+			}
+			app.RequireStop()
+		})
+	}
+	u.requireNoConns(t)
+}
+
+func TestTLSSettings(t *testing.T) {
+	p := newPKI(t)
+	named := newMTLSUpstream(t, p, false, "upstream.internal")
+	caPEM, err := os.ReadFile(p.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tls12 := newMTLSUpstream(t, p, false, "127.0.0.1")
+	tls12.TLS.MaxVersion = tls.VersionTLS12 // applies to new handshakes
+
+	tests := []struct {
+		name    string
+		url     string
+		give    func(*httpfx.Config)
+		wantErr string
+	}{
+		{"server name override", named.URL, func(c *httpfx.Config) { c.TLSCAPEM, c.TLSServerName = string(caPEM), "upstream.internal" }, ""},
+		{"without the override the name does not match", named.URL, func(c *httpfx.Config) { c.TLSCAPEM = string(caPEM) }, "cannot validate certificate for 127.0.0.1"},
+		{"TLS 1.2 is accepted by default", tls12.URL, func(c *httpfx.Config) { c.TLSCAPEM = string(caPEM) }, ""},
+		{"TLS 1.3 minimum refuses a 1.2 server", tls12.URL, func(c *httpfx.Config) { c.TLSCAPEM, c.TLSMinVersion = string(caPEM), "1.3" }, "protocol version"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var client *http.Client
+			app := fxtest.New(t, fx.NopLogger, httpfx.Module, withConfig(tt.give), fx.Populate(&client))
+			app.RequireStart()
+			_, err := get(client, tt.url)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("GET: %v, want success", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("GET: %v, want an error containing %q", err, tt.wantErr)
+			}
+			app.RequireStop()
+		})
+	}
+	named.requireNoConns(t)
+	tls12.requireNoConns(t)
+}
+
+func TestBadTLSConfigFailsFxNew(t *testing.T) {
+	p := newPKI(t)
+	_, certFile, keyFile := p.issue("client")
+	_, _, otherKey := p.issue("other")
+	notPEM := filepath.Join(t.TempDir(), "not.pem")
+	os.WriteFile(notPEM, []byte("hello"), 0o600)
+	tests := []struct {
+		name string
+		give func(*httpfx.Config)
+		want string
+	}{
+		{"missing CA file", func(c *httpfx.Config) { c.TLSCAFile = "/nonexistent/ca.pem" },
+			"httpfx: config: TLSCAFile: open /nonexistent/ca.pem: no such file or directory"},
+		{"CA file without certificates", func(c *httpfx.Config) { c.TLSCAFile = notPEM }, "TLSCAFile \"" + notPEM + "\" holds no PEM certificate"},
+		{"CA PEM without certificates", func(c *httpfx.Config) { c.TLSCAPEM = "junk" }, "TLSCAPEM holds no PEM certificate"},
+		{"CA only without a CA", func(c *httpfx.Config) { c.TLSCAOnly = true }, "TLSCAOnly is set but neither TLSCAFile nor TLSCAPEM is"},
+		{"key not matching the certificate", func(c *httpfx.Config) { c.TLSCertFile, c.TLSKeyFile = certFile, otherKey },
+			"TLSCertFile/TLSKeyFile \"" + certFile + "\"/\"" + otherKey + "\": tls: private key does not match public key"},
+		{"certificate without key", func(c *httpfx.Config) { c.TLSCertFile = certFile }, "TLSCertFile is set but TLSKeyFile is not"},
+		{"key without certificate", func(c *httpfx.Config) { c.TLSKeyFile = keyFile }, "TLSKeyFile is set but TLSCertFile is not"},
+		{"missing key file", func(c *httpfx.Config) { c.TLSCertFile, c.TLSKeyFile = certFile, "/nonexistent/key.pem" }, "TLSCertFile/TLSKeyFile"},
+		{"TLS 1.1", func(c *httpfx.Config) { c.TLSMinVersion = "1.1" }, `TLSMinVersion is "1.1": want "1.2" or "1.3"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := fx.New(fx.NopLogger, httpfx.Module, withConfig(tt.give)).Err()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("fx.New error = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// Skipping certificate verification is never silent: every start warns.
+func TestInsecureSkipVerifyWarnsAtEveryStart(t *testing.T) {
+	p := newPKI(t)
+	u := newMTLSUpstream(t, p, false, "127.0.0.1")
+	core, logs := observer.New(zap.WarnLevel)
+	for range 2 {
+		var client *http.Client
+		app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Supply(zap.New(core)), fx.Populate(&client),
+			withConfig(func(c *httpfx.Config) { c.TLSInsecureSkipVerify = true }))
+		app.RequireStart()
+		if _, err := get(client, u.URL); err != nil {
+			t.Fatalf("with verification off: %v", err)
+		}
+		app.RequireStop()
+	}
+	if n := logs.FilterMessageSnippet("certificate verification is OFF").Len(); n != 2 {
+		t.Errorf("%d warnings for 2 starts, want 2", n)
+	}
+	u.requireNoConns(t)
+}
+
+func nopLog() *log.Logger { return log.New(io.Discard, "", 0) }

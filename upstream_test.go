@@ -1,0 +1,314 @@
+package httpfx_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/httpfx/httpfx"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxtest"
+)
+
+// echoHandler answers with the request's path and the headers named in the test.
+func echoHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.URL.Path+" auth="+r.Header.Get("Authorization")+" v="+r.Header.Get("X-Api-Version"))
+	})
+}
+
+// upstreams is what upstream tests take from the app.
+type upstreams struct {
+	fx.In
+
+	Payments *http.Client `name:"payments"`
+	Search   *http.Client `name:"search"`
+	Shared   *http.Client
+	Stats    *httpfx.Stats
+}
+
+func TestUpstreamsSharePoolResolveAndScopeHeaders(t *testing.T) {
+	u := newUpstream(t, echoHandler())
+	other := newUpstream(t, echoHandler())
+	var got upstreams
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module,
+		httpfx.Upstream("payments", httpfx.UpstreamConfig{
+			BaseURL: u.URL + "/api/",
+			Headers: map[string]string{"Authorization": "Bearer pay-secret", "X-API-Version": "2"},
+		}),
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL + "/search/"}),
+		fx.Populate(&got),
+	)
+	app.RequireStart()
+
+	tests := []struct {
+		name   string
+		client *http.Client
+		give   string
+		want   string
+	}{
+		{"relative path appends to the base path", got.Payments, "v1/charges", "/api/v1/charges auth=Bearer pay-secret v=2"},
+		{"absolute path replaces it", got.Payments, "/v1/refunds", "/v1/refunds auth=Bearer pay-secret v=2"},
+		{"absolute URL of the same origin gets the headers", got.Payments, u.URL + "/x", "/x auth=Bearer pay-secret v=2"},
+		{"another host never gets them", got.Payments, other.URL + "/x", "/x auth= v="},
+		{"another upstream has its own base and no headers", got.Search, "q", "/search/q auth= v="},
+		{"the shared client sends nothing extra", got.Shared, u.URL + "/plain", "/plain auth= v="},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if body := mustGet(t, tt.client, tt.give); body != tt.want {
+				t.Errorf("GET %s = %q, want %q", tt.give, body, tt.want)
+			}
+		})
+	}
+	t.Run("a request's own header wins", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, "v1", nil)
+		req.Header.Set("X-Api-Version", "3")
+		resp, err := got.Payments.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := "/api/v1 auth=Bearer pay-secret v=3"; string(b) != want {
+			t.Errorf("got %q, want %q", b, want)
+		}
+	})
+
+	s := got.Stats.Snapshot()
+	if s.ConnsOpened != 2 || u.opened.Load() != 1 {
+		t.Errorf("connections opened = %d (server u accepted %d), want 2: one to u shared by every client, one to the other host",
+			s.ConnsOpened, u.opened.Load())
+	}
+	if p, q := s.Upstreams["payments"], s.Upstreams["search"]; p.Requests != 5 || q.Requests != 1 || s.Requests != 7 {
+		t.Errorf("requests: payments %d, search %d, total %d; want 5, 1, 7", p.Requests, q.Requests, s.Requests)
+	}
+	app.RequireStop()
+	u.requireNoConns(t)
+	other.requireNoConns(t)
+}
+
+// The default headers never follow a redirect to another host; they do follow one to the
+// upstream itself. Caller-set credentials do not follow a redirect to another host, nor to
+// another port of the same host (net/http alone would forward them there).
+func TestUpstreamHeadersDoNotFollowRedirectsElsewhere(t *testing.T) {
+	other := newUpstream(t, echoHandler())
+	otherHost := strings.Replace(other.URL, "127.0.0.1", "localhost", 1)
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/away":
+			http.Redirect(w, r, otherHost+"/landed", http.StatusFound)
+		case "/other-port":
+			http.Redirect(w, r, other.URL+"/landed", http.StatusFound)
+		case "/home":
+			http.Redirect(w, r, "/api/landed", http.StatusFound)
+		default:
+			echoHandler().ServeHTTP(w, r)
+		}
+	}))
+	var got upstreams
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module,
+		httpfx.Upstream("payments", httpfx.UpstreamConfig{
+			BaseURL: u.URL + "/api/",
+			Headers: map[string]string{"Authorization": "Bearer pay-secret", "X-Api-Version": "2"},
+		}),
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: other.URL}),
+		fx.Populate(&got),
+	)
+	app.RequireStart()
+	if body := mustGet(t, got.Payments, "/away"); body != "/landed auth= v=" {
+		t.Errorf("after a redirect to another host the upstream saw %q, want no headers", body)
+	}
+	if body := mustGet(t, got.Payments, "/home"); body != "/api/landed auth=Bearer pay-secret v=2" {
+		t.Errorf("after a redirect to the same upstream: %q, want the headers", body)
+	}
+	for _, path := range []string{"/away", "/other-port"} {
+		req, _ := http.NewRequest(http.MethodGet, u.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer caller-secret")
+		resp, err := got.Shared.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "/landed auth= v=" {
+			t.Errorf("shared client forwarded Authorization on a redirect (%s): %q", path, b)
+		}
+	}
+	app.RequireStop()
+	u.requireNoConns(t)
+	other.requireNoConns(t)
+}
+
+func TestUpstreamTimeoutAndConnectionLimit(t *testing.T) {
+	release := newGate()
+	defer release.release()
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/slow":
+			time.Sleep(400 * time.Millisecond)
+		case "/hang":
+			release.wait()
+		}
+		io.WriteString(w, "ok")
+	}))
+	var got struct {
+		fx.In
+		Fast    *http.Client `name:"fast"`
+		Patient *http.Client `name:"patient"`
+		Limited *http.Client `name:"limited"`
+		Stats   *httpfx.Stats
+	}
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Populate(&got),
+		withConfig(func(c *httpfx.Config) { c.Timeout = 200 * time.Millisecond }),
+		httpfx.Upstream("fast", httpfx.UpstreamConfig{BaseURL: u.URL, Timeout: 100 * time.Millisecond}),
+		httpfx.Upstream("patient", httpfx.UpstreamConfig{BaseURL: u.URL, Timeout: 10 * time.Second}),
+		httpfx.Upstream("limited", httpfx.UpstreamConfig{BaseURL: u.URL, MaxConnsPerHost: 2}),
+	)
+	app.RequireStart()
+
+	_, err := get(got.Fast, "/slow")
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), `upstream "fast" Timeout (100ms)`) {
+		t.Errorf("fast upstream on a slow handler: %v, want its own timeout", err)
+	}
+	if body, err := get(got.Patient, "/slow"); err != nil || body != "ok" {
+		t.Errorf("patient upstream (Timeout 10s, module 200ms): %q, %v; want ok", body, err)
+	}
+
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := get(got.Limited, "/hang"); err != nil {
+				t.Errorf("limited upstream: %v", err)
+			}
+		}()
+	}
+	waitFor(t, "2 requests reach the server", func() bool { return release.waiting.Load() == 2 })
+	time.Sleep(50 * time.Millisecond) // give a third request the chance to break the limit
+	if n := release.waiting.Load(); n != 2 {
+		t.Errorf("%d requests reached the server at once, want MaxConnsPerHost 2", n)
+	}
+	release.release()
+	wg.Wait()
+	if s := got.Stats.Snapshot().Upstreams["limited"]; s.Requests != 5 || s.InFlight != 0 {
+		t.Errorf("limited upstream stats = %+v, want 5 requests, none in flight", s)
+	}
+	app.RequireStop()
+	u.requireNoConns(t)
+}
+
+// Stop drains the requests of every upstream client, and then refuses theirs with ErrClosed.
+func TestStopDrainsEveryUpstream(t *testing.T) {
+	release := newGate()
+	defer release.release()
+	u := newUpstream(t, streamHandler(release, 3))
+	var got upstreams
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Populate(&got),
+		httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: u.URL}),
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL}),
+	)
+	app.RequireStart()
+	bodies := make(chan string, 2)
+	for _, c := range []*http.Client{got.Payments, got.Search} {
+		go func() {
+			b, err := get(c, "/stream")
+			if err != nil {
+				b = err.Error()
+			}
+			bodies <- b
+		}()
+	}
+	waitFor(t, "both streams started", func() bool { return release.waiting.Load() == 2 })
+	stopped := make(chan error, 1)
+	go func() { stopped <- app.Stop(context.Background()) }()
+	waitFor(t, "the gate closes", func() bool { return gateClosed(got.Search, "/probe") })
+	release.release()
+	for range 2 {
+		if b := <-bodies; b != wantStream(3) {
+			t.Errorf("upstream body %q, want the whole stream", b)
+		}
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := get(got.Payments, "/x"); !errors.Is(err, httpfx.ErrClosed) {
+		t.Errorf("upstream request after stop: %v, want ErrClosed", err)
+	}
+	if err := httpfx.Shutdown(context.Background(), got.Payments); err != nil {
+		t.Errorf("Shutdown through an upstream client: %v, want the module's nil result", err)
+	}
+	u.requireNoConns(t)
+}
+
+// Upstreams load from YAML and the environment, as the rest of Config does.
+func TestUpstreamFromConfig(t *testing.T) {
+	u := newUpstream(t, echoHandler())
+	cfg, err := httpfx.LoadYAML([]byte("upstreams:\n  payments:\n    base_url: " + u.URL + "/api/\n    headers:\n      Authorization: Bearer from-file\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.ApplyEnv([]string{"HTTPFX_UPSTREAMS__PAYMENTS__HEADERS__X_API_VERSION=7"}); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		fx.In
+		Payments *http.Client `name:"payments"`
+	}
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Replace(cfg), fx.Populate(&got),
+		httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "http://overridden.invalid", Headers: map[string]string{"X-Api-Version": "1"}}),
+	)
+	app.RequireStart()
+	if body := mustGet(t, got.Payments, "charges"); body != "/api/charges auth=Bearer from-file v=7" {
+		t.Errorf("got %q: want the file's base URL and header and the environment's version", body)
+	}
+	app.RequireStop()
+	u.requireNoConns(t)
+}
+
+func TestBadUpstreamFailsFxNew(t *testing.T) {
+	tests := []struct {
+		name string
+		give fx.Option
+		want string
+	}{
+		{"missing base URL", httpfx.Upstream("payments", httpfx.UpstreamConfig{}),
+			`httpfx: config: upstream "payments": BaseURL is empty`},
+		{"bad scheme", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "ftp://pay"}),
+			`upstream "payments": BaseURL scheme "ftp": want http or https`},
+		{"credentials in URL", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://u:hunter2@pay"}),
+			`upstream "payments": BaseURL holds credentials`},
+		{"bad header name", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay", Headers: map[string]string{"Bad Header": "x"}}),
+			`upstream "payments": Headers: "Bad Header" is not a valid header name`},
+		{"negative timeout", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay", Timeout: -time.Second}),
+			`upstream "payments": Timeout is -1s`},
+		{"bad name", httpfx.Upstream("Payments API", httpfx.UpstreamConfig{BaseURL: "https://pay"}),
+			`httpfx: upstream name "Payments API": want lower-case letters`},
+		{"bad entry in Config", fx.Options(
+			httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay"}),
+			fx.Decorate(func(c httpfx.Config) httpfx.Config {
+				c.Upstreams = map[string]httpfx.UpstreamConfig{"payments": {BaseURL: "not a url"}}
+				return c
+			}),
+		), `upstream "payments": BaseURL scheme ""`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			app := fx.New(fx.NopLogger, httpfx.Module, tt.give,
+				fx.Invoke(fx.Annotate(func(*http.Client) {}, fx.ParamTags(`name:"payments"`))))
+			err := app.Err()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("fx.New error = %v, want one containing %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("error leaks the URL's password: %v", err)
+			}
+		})
+	}
+}
