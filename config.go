@@ -15,9 +15,10 @@ import (
 // Config configures the shared client and its transport. Field names follow net/http's where
 // net/http has the same setting.
 //
-// The zero value is valid but is not what you want: every field's zero value keeps net/http's
-// meaning (no timeouts, 2 idle connections per host, no proxy). Start from DefaultConfig and
-// change what you need. A Config is a value; copies share only the Upstreams map.
+// Start from DefaultConfig and change what you need. Most fields' zero values keep net/http's
+// meaning (no timeout, no limit, no proxy); the zero Config as a whole is invalid, because
+// a zero MaxIdleConnsPerHost would be net/http's 2. A Config is a value; copies share only
+// the Upstreams map.
 type Config struct {
 	// Timeout bounds a whole request through the shared client, from admission until the
 	// response body is read or closed, as http.Client.Timeout does. A Timeout of zero means no
@@ -58,10 +59,10 @@ type Config struct {
 	// 1024, enough for the per-host pool of two busy upstreams.
 	MaxIdleConns int `yaml:"max_idle_conns" json:"max_idle_conns"`
 
-	// MaxIdleConnsPerHost bounds idle connections kept per host. Zero means net/http's
-	// DefaultMaxIdleConnsPerHost, which is 2: under concurrency, almost every connection is
-	// then closed after one use. Default 512, equal to MaxConnsPerHost, so every connection
-	// opened during a burst is kept for reuse instead of ending in TIME_WAIT.
+	// MaxIdleConnsPerHost bounds idle connections kept per host. Zero is invalid: net/http
+	// would take it as 2, and under concurrency almost every connection would then be closed
+	// after one use. Default 512, equal to MaxConnsPerHost, so every connection opened during
+	// a burst is kept for reuse instead of ending in TIME_WAIT.
 	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host" json:"max_idle_conns_per_host"`
 
 	// MaxConnsPerHost bounds connections per host, dialling, active and idle; requests beyond
@@ -219,6 +220,10 @@ func (c Config) resolve() (resolved, error) {
 		if n.v < 0 {
 			bad(n.name, "is %d: want zero (the default or no limit) or a positive number", n.v)
 		}
+	}
+	if c.MaxIdleConnsPerHost == 0 {
+		bad("MaxIdleConnsPerHost", "is 0, which net/http takes as 2 idle connections per host, so that almost every connection is thrown away under concurrency: want a positive number (DefaultConfig has %d)",
+			DefaultConfig().MaxIdleConnsPerHost)
 	}
 	if c.MaxIdleConns > 0 && c.MaxIdleConnsPerHost > c.MaxIdleConns {
 		bad("MaxIdleConnsPerHost", "(%d) exceeds MaxIdleConns (%d): the per-host idle pool could never fill; raise MaxIdleConns or lower MaxIdleConnsPerHost",

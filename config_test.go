@@ -45,7 +45,8 @@ func TestValidate(t *testing.T) {
 		want string // "" means valid
 	}{
 		{"defaults", httpfx.DefaultConfig(), ""},
-		{"zero value", httpfx.Config{}, ""},
+		{"zero value", httpfx.Config{}, "httpfx: config: MaxIdleConnsPerHost is 0, which net/http takes as 2"},
+		{"minimal", httpfx.Config{MaxIdleConnsPerHost: 1}, ""},
 		{"negative Timeout", edit(func(c *httpfx.Config) { c.Timeout = -1 }), "httpfx: config: Timeout is -1ns: want zero (no timeout) or a positive duration"},
 		{"negative DialTimeout", edit(func(c *httpfx.Config) { c.DialTimeout = -time.Second }), "httpfx: config: DialTimeout is -1s"},
 		{"negative KeepAlive", edit(func(c *httpfx.Config) { c.KeepAlive = -time.Second }), "httpfx: config: KeepAlive is -1s"},
@@ -74,7 +75,7 @@ func TestValidate(t *testing.T) {
 		})
 	}
 	t.Run("reports every problem", func(t *testing.T) {
-		err := httpfx.Config{Timeout: -1, MaxConnsPerHost: -1}.Validate()
+		err := httpfx.Config{Timeout: -1, MaxConnsPerHost: -1, MaxIdleConnsPerHost: 1}.Validate()
 		if err == nil || !strings.Contains(err.Error(), "Timeout") || !strings.Contains(err.Error(), "MaxConnsPerHost") {
 			t.Fatalf("Validate() = %v, want both fields named", err)
 		}
@@ -113,7 +114,7 @@ func TestLoadYAML(t *testing.T) {
 		{"null value", "timeout: ~\n", httpfx.Config{}, `key "timeout": want a single value`},
 		{"duplicate key", "timeout: 1s\ntimeout: 2s\n", httpfx.Config{}, `key "timeout"`},
 		{"not a mapping", "- timeout\n", httpfx.Config{}, "want a mapping of keys to values"},
-		{"syntax error", "timeout: [\n", httpfx.Config{}, "httpfx: config: yaml:"},
+		{"syntax error", "timeout: [\n", httpfx.Config{}, "httpfx: config: invalid YAML: yaml:"},
 		{"invalid after load", "timeout: -5s\n", httpfx.Config{}, "httpfx: config: Timeout is -5s"},
 	}
 	for _, tt := range tests {
@@ -234,5 +235,45 @@ func TestApplyEnvOverYAML(t *testing.T) {
 	}
 	if c.Timeout != 7*time.Second || c.DialTimeout != time.Second {
 		t.Errorf("timeout %v, dial timeout %v; want 7s from the environment and 1s from the file", c.Timeout, c.DialTimeout)
+	}
+}
+
+// Each invalid configuration gets exactly this error.
+func TestInvalidConfigExactErrors(t *testing.T) {
+	edit := func(f func(*httpfx.Config)) httpfx.Config { c := httpfx.DefaultConfig(); f(&c); return c }
+	tests := []struct {
+		name string
+		give httpfx.Config
+		want string
+	}{
+		{"negative duration", edit(func(c *httpfx.Config) { c.DrainTimeout = -5 * time.Second }),
+			"httpfx: config: DrainTimeout is -5s: want zero (no timeout) or a positive duration"},
+		{"negative size", edit(func(c *httpfx.Config) { c.MaxConnsPerHost = -1 }),
+			"httpfx: config: MaxConnsPerHost is -1: want zero (the default or no limit) or a positive number"},
+		{"zero where zero is meaningless", edit(func(c *httpfx.Config) { c.MaxIdleConnsPerHost = 0 }),
+			"httpfx: config: MaxIdleConnsPerHost is 0, which net/http takes as 2 idle connections per host, so that almost every connection is thrown away under concurrency: want a positive number (DefaultConfig has 512)"},
+		{"contradictory limits", edit(func(c *httpfx.Config) { c.MaxIdleConns, c.MaxIdleConnsPerHost = 8, 16 }),
+			"httpfx: config: MaxIdleConnsPerHost (16) exceeds MaxIdleConns (8): the per-host idle pool could never fill; raise MaxIdleConns or lower MaxIdleConnsPerHost"},
+		{"unreadable file", edit(func(c *httpfx.Config) { c.TLSCAFile = "/nonexistent/ca.pem" }),
+			"httpfx: config: TLSCAFile: open /nonexistent/ca.pem: no such file or directory"},
+		{"bad proxy URL", edit(func(c *httpfx.Config) { c.ProxyURL = "gopher://proxy:70" }),
+			`httpfx: config: ProxyURL scheme "gopher": want http, https or socks5`},
+		{"bad NoProxy", edit(func(c *httpfx.Config) { c.ProxyURL, c.NoProxy = "http://proxy:3128", "a b" }),
+			`httpfx: config: NoProxy entry "a b": want a host, .domain, IP address, CIDR range or *`},
+		{"bad TLS version", edit(func(c *httpfx.Config) { c.TLSMinVersion = "1.0" }),
+			`httpfx: config: TLSMinVersion is "1.0": want "1.2" or "1.3"`},
+		{"header injection in the user agent", edit(func(c *httpfx.Config) { c.UserAgent = "x\nHost: evil" }),
+			"httpfx: config: UserAgent contains a control character: want printable text"},
+		{"bad upstream URL", edit(func(c *httpfx.Config) {
+			c.Upstreams = map[string]httpfx.UpstreamConfig{"search": {BaseURL: "search.internal"}}
+		}), `httpfx: config: upstream "search": BaseURL scheme "": want http or https`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.give.Validate()
+			if err == nil || err.Error() != tt.want {
+				t.Fatalf("Validate() = %v\nwant %s", err, tt.want)
+			}
+		})
 	}
 }

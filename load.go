@@ -65,7 +65,7 @@ func (c *Config) ApplyEnv(environ []string) error {
 			continue
 		}
 		if err := setEnv(reflect.ValueOf(c).Elem(), strings.Split(key, "__"), value); err != nil {
-			errs = append(errs, fmt.Errorf("httpfx: config: %s: %w", name, err))
+			errs = append(errs, fmt.Errorf("httpfx: config: %s: %w", quoteOdd(name), err))
 		}
 	}
 	return errors.Join(errs...)
@@ -271,5 +271,15 @@ func wrapYAML(err error) error {
 	if strings.HasPrefix(err.Error(), "httpfx: ") {
 		return err
 	}
-	return fmt.Errorf("httpfx: config: %w", err)
+	return fmt.Errorf("httpfx: config: invalid YAML: %w", err)
+}
+
+// quoteOdd quotes a variable name unless it is plain, so that no name can break a message.
+func quoteOdd(name string) string {
+	if strings.ContainsFunc(name, func(r rune) bool {
+		return !(r == '_' || '0' <= r && r <= '9' || 'A' <= r && r <= 'Z' || 'a' <= r && r <= 'z')
+	}) {
+		return strconv.Quote(name)
+	}
+	return name
 }

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/fx"
@@ -102,6 +103,8 @@ type owner struct {
 	inGraph  *http.Client    // the *http.Client the graph hands out (Module only)
 	nextType string          // the type of the round tripper under the client, for the start log
 
+	certAsked atomic.Bool // an upstream asked for a client certificate and none is configured
+
 	drained   chan struct{} // closed once the gate is closed and nothing is in flight
 	drainOnce sync.Once
 	stopOnce  sync.Once
@@ -125,6 +128,12 @@ func newOwner(cfg Config, log *zap.Logger) (*owner, error) {
 		drained:    make(chan struct{}),
 	}
 	o.conns.stats = o.stats
+	if tc := o.transport.TLSClientConfig; len(tc.Certificates) == 0 {
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			o.certAsked.Store(true)
+			return new(tls.Certificate), nil // none, as without this hook
+		}
+	}
 	return o, nil
 }
 

@@ -146,7 +146,7 @@ func TestMutualTLSOverHTTP2(t *testing.T) {
 		{"with the client certificate", func(c *httpfx.Config) {
 			c.TLSCAFile, c.TLSCAOnly, c.TLSCertFile, c.TLSKeyFile = p.CAFile, true, certFile, keyFile
 		}, "HTTP/2.0", ""},
-		{"without it", func(c *httpfx.Config) { c.TLSCAFile, c.TLSCAOnly = p.CAFile, true }, "", "if it requires a client certificate (mutual TLS), set TLSCertFile and TLSKeyFile"},
+		{"without it", func(c *httpfx.Config) { c.TLSCAFile, c.TLSCAOnly = p.CAFile, true }, "", "an upstream asked for a client certificate and none is configured"},
 		{"without the CA", func(c *httpfx.Config) { c.TLSCertFile, c.TLSKeyFile = certFile, keyFile }, "", "certificate signed by unknown authority"},
 	}
 	for _, tt := range tests {

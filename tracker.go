@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -93,17 +92,15 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	return resp, nil
 }
 
-// explain adds what net/http's HTTP/2 client leaves out of one error: a TLS 1.3 server that
-// rejects the client's certificate closes the connection after the handshake, and the client
-// reports only that the connection "could not be established".
+// explain adds to a request's error what net/http cannot say: a TLS 1.3 server that rejects
+// the client's certificate closes the connection after the handshake, and the client then
+// sees only a broken or unusable connection. If an upstream asked for a client certificate
+// and none is configured, the error says so.
 func (o *owner) explain(err error) error {
-	if !strings.Contains(err.Error(), "http2: client conn could not be established") {
+	if !o.certAsked.Load() || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	if o.cfg.TLSCertFile == "" {
-		return fmt.Errorf("httpfx: the upstream closed the connection right after the TLS handshake; if it requires a client certificate (mutual TLS), set TLSCertFile and TLSKeyFile: %w", err)
-	}
-	return fmt.Errorf("httpfx: the upstream closed the connection right after the TLS handshake; it may not accept the client certificate of TLSCertFile: %w", err)
+	return fmt.Errorf("httpfx: an upstream asked for a client certificate and none is configured; if it requires one (mutual TLS), set TLSCertFile and TLSKeyFile: %w", err)
 }
 
 // CloseIdleConnections closes the idle connections of the transport httpfx built, however the
