@@ -17,8 +17,8 @@ import (
 //
 // Start from DefaultConfig and change what you need. Most fields' zero values keep net/http's
 // meaning (no timeout, no limit, no proxy); the zero Config as a whole is invalid, because
-// a zero MaxIdleConnsPerHost would be net/http's 2. A Config is a value; copies share only
-// the Upstreams map.
+// a zero MaxIdleConnsPerHost would be net/http's 2. A Config is a value; copies share the
+// Upstreams map, which the loaders copy before they change it.
 type Config struct {
 	// Timeout bounds a whole request through the shared client, from admission until the
 	// response body is read or closed, as http.Client.Timeout does. A Timeout of zero means no
@@ -115,10 +115,12 @@ type Config struct {
 	// system's. Default false.
 	TLSCAOnly bool `yaml:"tls_ca_only" json:"tls_ca_only"`
 
-	// TLSCertFile and TLSKeyFile name PEM files of a client certificate and its private key,
-	// presented to upstreams that ask for one (mutual TLS). Set both or neither. Default empty.
+	// TLSCertFile names a PEM file of a client certificate, presented to upstreams that ask
+	// for one (mutual TLS). Set it with TLSKeyFile or not at all. Default empty.
 	TLSCertFile string `yaml:"tls_cert_file" json:"tls_cert_file"`
-	TLSKeyFile  string `yaml:"tls_key_file" json:"tls_key_file"`
+
+	// TLSKeyFile names the PEM file of TLSCertFile's private key. Default empty.
+	TLSKeyFile string `yaml:"tls_key_file" json:"tls_key_file"`
 
 	// TLSServerName overrides the name sent in SNI and verified in upstream certificates.
 	// Empty means the request's host. Default empty.
@@ -140,8 +142,7 @@ type Config struct {
 	DrainTimeout time.Duration `yaml:"drain_timeout" json:"drain_timeout"`
 
 	// Upstreams configures, by name, the upstream clients that Upstream declares; an entry's
-	// non-zero fields override the UpstreamConfig given in code. Nil means none. Copies of a
-	// Config share this map.
+	// non-zero fields override the UpstreamConfig given in code. Nil means none.
 	Upstreams map[string]UpstreamConfig `yaml:"upstreams" json:"upstreams"`
 }
 

@@ -277,3 +277,22 @@ func TestInvalidConfigExactErrors(t *testing.T) {
 		})
 	}
 }
+
+// Loading over a Config never changes a copy of it: the loaders copy the Upstreams map.
+func TestLoadersDoNotChangeCopies(t *testing.T) {
+	orig := httpfx.DefaultConfig()
+	orig.Upstreams = map[string]httpfx.UpstreamConfig{"pay": {BaseURL: "https://a", Headers: map[string]string{"X": "1"}}}
+	cp := orig
+	if err := cp.ApplyEnv([]string{"HTTPFX_UPSTREAMS__PAY__BASE_URL=https://b", "HTTPFX_UPSTREAMS__PAY__HEADERS__X=2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal([]byte("upstreams:\n  new:\n    base_url: https://c\n"), &cp); err != nil {
+		t.Fatal(err)
+	}
+	if got := orig.Upstreams["pay"]; got.BaseURL != "https://a" || got.Headers["X"] != "1" || len(orig.Upstreams) != 1 {
+		t.Errorf("the original changed: %+v", orig.Upstreams)
+	}
+	if got := cp.Upstreams["pay"]; got.BaseURL != "https://b" || got.Headers["X"] != "2" || cp.Upstreams["new"].BaseURL != "https://c" {
+		t.Errorf("the copy = %+v, want the overlays", cp.Upstreams)
+	}
+}

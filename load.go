@@ -3,6 +3,7 @@ package httpfx
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"reflect"
@@ -56,6 +57,7 @@ func LoadEnv(environ []string) (Config, error) {
 // HTTPFX_UPSTREAMS__PAYMENTS__HEADERS__X_API_VERSION=2 (header "X-Api-Version"). It reports
 // every unknown variable and malformed value, naming the variable; it does not call Validate.
 func (c *Config) ApplyEnv(environ []string) error {
+	c.Upstreams = cloneUpstreams(c.Upstreams)
 	environ = slices.Sorted(slices.Values(environ))
 	var errs []error
 	for _, kv := range environ {
@@ -79,7 +81,22 @@ func (c *Config) UnmarshalYAML(node *yaml.Node) error {
 	if node.Kind == yaml.ScalarNode && node.Tag == "!!null" {
 		return nil
 	}
+	c.Upstreams = cloneUpstreams(c.Upstreams)
 	return errors.Join(decodeNode(reflect.ValueOf(c).Elem(), node, "")...)
+}
+
+// cloneUpstreams copies m and the Headers of its entries, so that overlaying a Config never
+// changes a copy of it.
+func cloneUpstreams(m map[string]UpstreamConfig) map[string]UpstreamConfig {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]UpstreamConfig, len(m))
+	for name, u := range m {
+		u.Headers = maps.Clone(u.Headers)
+		out[name] = u
+	}
+	return out
 }
 
 // decodeNode overlays v, a struct with yaml tags, a map with string keys or a scalar field,
