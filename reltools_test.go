@@ -227,10 +227,13 @@ func relRaceBuild() bool {
 	return false
 }
 
+// settleBound bounds the wait for goroutines and descriptors to come back to their baseline.
+const settleBound = 3 * time.Second
+
 // settleGoroutines waits (bounded) until at most want goroutines run, and returns how many run
 // then. Goroutines of connections just closed take a moment to unwind.
 func settleGoroutines(want int) int {
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(settleBound)
 	n := runtime.NumGoroutine()
 	for n > want && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -252,7 +255,7 @@ func openFDs() int {
 // settleFDs waits (bounded) until at most want descriptors are open, and returns how many are.
 // A closed connection's descriptor is released once the last goroutine using it lets go.
 func settleFDs(want int) int {
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(settleBound)
 	n := openFDs()
 	for n > want && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
