@@ -30,7 +30,7 @@ type loadPlan struct {
 // request several times dearer, HTTP/2 over TLS most) so that the suite stays fast on 2 cores.
 func soakPlan() loadPlan {
 	if relRaceBuild() {
-		return loadPlan{goroutines: 128, requests: 8192, timeCap: 30 * time.Second}
+		return loadPlan{goroutines: 256, requests: 10240, timeCap: 30 * time.Second}
 	}
 	return loadPlan{goroutines: 256, requests: 20480, timeCap: 30 * time.Second}
 }
