@@ -15,11 +15,13 @@ type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error
 // still in use, which http.Transport cannot. It changes only when a connection is dialled or
 // closed, never per request. It is safe for concurrent use.
 type connSet struct {
-	stats *Stats
+	stats  *Stats
+	onLast func(addr string) // called, outside the lock, when the last connection to addr closes
 
-	mu     sync.Mutex
-	conns  map[*trackedConn]struct{}
-	closed bool // no more dials: stop has closed the set
+	mu      sync.Mutex
+	conns   map[*trackedConn]struct{}
+	perAddr map[string]int // open connections by dialled address
+	closed  bool           // no more dials: stop has closed the set
 }
 
 // wrap returns a dial function that counts and records every connection dial opens, and
@@ -33,7 +35,7 @@ func (s *connSet) wrap(dial dialFunc) dialFunc {
 		if err != nil {
 			return nil, err
 		}
-		tc := &trackedConn{Conn: c, set: s}
+		tc := &trackedConn{Conn: c, set: s, addr: addr}
 		if !s.add(tc) {
 			c.Close()
 			return nil, fmt.Errorf("httpfx: dial after stop: %w", ErrClosed)
@@ -56,8 +58,10 @@ func (s *connSet) add(c *trackedConn) bool {
 	}
 	if s.conns == nil {
 		s.conns = make(map[*trackedConn]struct{})
+		s.perAddr = make(map[string]int)
 	}
 	s.conns[c] = struct{}{}
+	s.perAddr[c.addr]++
 	s.stats.opened.Add(1)
 	s.stats.open.Add(1)
 	return true
@@ -65,9 +69,17 @@ func (s *connSet) add(c *trackedConn) bool {
 
 func (s *connSet) remove(c *trackedConn) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	delete(s.conns, c)
 	s.stats.open.Add(-1)
+	s.perAddr[c.addr]--
+	last := s.perAddr[c.addr] == 0
+	if last {
+		delete(s.perAddr, c.addr)
+	}
+	s.mu.Unlock()
+	if last && s.onLast != nil {
+		s.onLast(c.addr)
+	}
 }
 
 // closeAll closes the set to new dials and closes every connection still open, returning how
@@ -90,6 +102,7 @@ func (s *connSet) closeAll() int {
 type trackedConn struct {
 	net.Conn
 	set    *connSet
+	addr   string // as dialled
 	closed atomic.Bool
 }
 

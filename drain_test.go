@@ -342,31 +342,3 @@ func TestSwitchingProtocolsStaysWritable(t *testing.T) {
 	app.RequireStop()
 	u.requireNoConns(t)
 }
-
-// A caller that cancels its context mid-body, and never reads or closes the body again, has
-// its request counted out at once.
-func TestCancelMidBodyLeavesInFlight(t *testing.T) {
-	hang := newGate()
-	u := newUpstream(t, streamHandler(hang, 1))
-	var g graph
-	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g))
-	app.RequireStart()
-	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.URL, nil)
-	resp, err := g.Client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := g.Stats.Snapshot(); s.InFlight != 1 {
-		t.Fatalf("in flight = %d with the body unread, want 1", s.InFlight)
-	}
-	cancel()
-	waitFor(t, "the cancelled request leaves the in-flight count", func() bool { return g.Stats.Snapshot().InFlight == 0 })
-	if s := g.Stats.Snapshot(); s.Failed != 1 {
-		t.Errorf("failed = %d, want the cancelled request counted as failed", s.Failed)
-	}
-	app.RequireStop() // nothing in flight: stop does not wait for the abandoned body
-	hang.release()
-	resp.Body.Close()
-	u.requireNoConns(t)
-}

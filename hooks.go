@@ -106,8 +106,15 @@ func (o *owner) drain(ctx context.Context) error {
 	}
 	// 3. Close the owned transport's idle connections, through the pointer httpfx holds.
 	o.transport.CloseIdleConnections()
-	// 4. Close what is left (connections of cut requests, or dialled late) and refuse new
-	// dials, so that nothing outlives stop and cut requests fail instead of hanging.
+	// 4. Close what is left and refuse new dials, so that nothing outlives stop and cut
+	// requests fail instead of hanging: bodies still open (their callers may never close
+	// them, and net/http holds a connection and two goroutines for each), then connections
+	// (of requests still waiting for headers, or dialled late).
+	if err != nil {
+		for _, b := range o.bodies.all() {
+			b.cut()
+		}
+	}
 	closed := o.conns.closeAll()
 	// 5. One summary line.
 	s := o.stats.Snapshot()

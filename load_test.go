@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -120,7 +121,16 @@ func (su soakUpstream) start(t *testing.T) (*upstream, []fx.Option) {
 	if !su.tls {
 		return newUpstream(t, okHandler()), nil
 	}
-	u := newTLSUpstream(t, okHandler(), su.http2)
+	u := &upstream{Server: httptest.NewUnstartedServer(okHandler())}
+	u.Config.ConnState = u.track
+	u.EnableHTTP2 = su.http2
+	// The HTTP/2 upstream allows more concurrent streams than the soak has callers (Go's
+	// server allows 250), so that one connection can carry them all. With fewer, net/http's
+	// HTTP/2 client dials whenever every connection is at its stream limit and throws the new
+	// one away if a stream frees up first; the README says so.
+	u.Config.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: 1000}
+	u.StartTLS()
+	t.Cleanup(u.Close)
 	roots := x509.NewCertPool()
 	roots.AddCert(u.Certificate())
 	return u, []fx.Option{fx.Decorate(func(tr *http.Transport) *http.Transport {

@@ -104,6 +104,8 @@ type owner struct {
 	nextType string          // the type of the round tripper under the client, for the start log
 
 	certAsked atomic.Bool // an upstream asked for a client certificate and none is configured
+	bodies    bodyList    // response bodies in flight
+	gate      *h2gate     // nil if HTTP/2 is off
 
 	drained   chan struct{} // closed once the gate is closed and nothing is in flight
 	drainOnce sync.Once
@@ -128,6 +130,11 @@ func newOwner(cfg Config, log *zap.Logger) (*owner, error) {
 		drained:    make(chan struct{}),
 	}
 	o.conns.stats = o.stats
+	o.bodies.init()
+	if !cfg.DisableHTTP2 {
+		o.gate = new(h2gate)
+		o.conns.onLast = o.gate.forget
+	}
 	if tc := o.transport.TLSClientConfig; len(tc.Certificates) == 0 {
 		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			o.certAsked.Store(true)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -67,7 +68,18 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		req = req.Clone(req.Context())
 		req.Header.Set("User-Agent", ua)
 	}
+	leader := false
+	if o.gate != nil && req.URL.Scheme == "https" {
+		var err error
+		if req, leader, err = o.gate.enter(req); err != nil {
+			o.finish(cancel, up, true)
+			return nil, err
+		}
+	}
 	resp, err := t.next.RoundTrip(req)
+	if leader {
+		o.gate.leave(req, err == nil)
+	}
 	if err != nil {
 		o.finish(cancel, up, true)
 		return nil, o.explain(err)
@@ -84,6 +96,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		b = &body{rc: resp.Body, o: o, up: up, cancel: cancel}
 		resp.Body = b
 	}
+	o.bodies.add(b)
 	if req.Context().Done() != nil {
 		// A request whose context ends (the caller cancelled, or a deadline passed) leaves the
 		// in-flight count at once, even if the caller never reads or closes the body.
@@ -117,6 +130,8 @@ func (t *tracker) CloseIdleConnections() {
 // EOF or fails, whichever comes first. It is safe for a Close concurrent with a Read, as
 // net/http's bodies are.
 type body struct {
+	prev, next *body // in owner.bodies while in flight
+
 	rc     io.ReadCloser
 	o      *owner
 	up     *upstream          // the upstream client that sent it; nil for the owned client
@@ -151,7 +166,50 @@ func (b *body) end(failed, aborted bool) {
 	if !aborted && b.stop != nil {
 		b.stop()
 	}
+	b.o.bodies.remove(b)
 	b.o.finish(b.cancel, b.up, failed)
+}
+
+// cut closes the body under the caller, who may never close it, so that net/http lets go of
+// its connection and goroutines, and finishes the request as failed.
+func (b *body) cut() {
+	b.rc.Close()
+	b.end(true, false)
+}
+
+// bodyList holds the bodies in flight, so that stop can cut the ones nobody closes. Adding and
+// removing take a short lock and no allocation. It is safe for concurrent use once init ran.
+type bodyList struct {
+	mu   sync.Mutex
+	head body // sentinel of a circular list
+}
+
+func (l *bodyList) init() { l.head.prev, l.head.next = &l.head, &l.head }
+
+func (l *bodyList) add(b *body) {
+	l.mu.Lock()
+	b.prev, b.next = l.head.prev, &l.head
+	l.head.prev.next = b
+	l.head.prev = b
+	l.mu.Unlock()
+}
+
+func (l *bodyList) remove(b *body) {
+	l.mu.Lock()
+	b.prev.next, b.next.prev = b.next, b.prev
+	b.prev, b.next = nil, nil
+	l.mu.Unlock()
+}
+
+// all returns the bodies in flight now.
+func (l *bodyList) all() []*body {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []*body
+	for b := l.head.next; b != &l.head; b = b.next {
+		out = append(out, b)
+	}
+	return out
 }
 
 // rwBody keeps a 101 Switching Protocols body writable, as net/http returns it.

@@ -1,0 +1,101 @@
+package httpfx_test
+
+import (
+	"crypto/x509"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+
+	"github.com/httpfx/httpfx"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxtest"
+)
+
+// newH2Upstream starts a TLS upstream offering HTTP/2 (or not) with room for streams
+// concurrent requests per connection, and returns the option that makes the owned transport
+// trust it.
+func newH2Upstream(t *testing.T, http2 bool, streams int) (*upstream, fx.Option) {
+	t.Helper()
+	u := &upstream{Server: httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Proto)
+	}))}
+	u.Config.ConnState = u.track
+	u.EnableHTTP2 = http2
+	u.Config.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: streams}
+	u.StartTLS()
+	t.Cleanup(u.Close)
+	roots := x509.NewCertPool()
+	roots.AddCert(u.Certificate())
+	return u, fx.Decorate(func(tr *http.Transport) *http.Transport {
+		tr.TLSClientConfig.RootCAs = roots
+		return tr
+	})
+}
+
+// burst sends n concurrent GETs and returns the protocols of the responses.
+func burst(t *testing.T, c *http.Client, url string, n int) map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	protos := map[string]int{}
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := get(c, url)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				p = err.Error()
+			}
+			protos[p]++
+		}()
+	}
+	wg.Wait()
+	return protos
+}
+
+// A cold burst to an HTTP/2 upstream dials one connection, not one per request; after the
+// pool is emptied, the next cold burst is gated again. An HTTP/1.1 TLS upstream still gets
+// the connections its concurrency needs.
+func TestColdBurstDialsOnceForHTTP2(t *testing.T) {
+	const n = 64
+	t.Run("HTTP/2", func(t *testing.T) {
+		u, trust := newH2Upstream(t, true, 1000)
+		var g graph
+		app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), trust)
+		app.RequireStart()
+		for round := range 2 {
+			if got := burst(t, g.Client, u.URL, n); got["HTTP/2.0"] != n {
+				t.Fatalf("round %d: responses by protocol %v, want %d over HTTP/2.0", round, got, n)
+			}
+			if opened := u.opened.Load(); opened != int64(round+1) {
+				t.Errorf("after cold burst %d the server accepted %d connections, want %d: one per burst", round+1, opened, round+1)
+			}
+			// Empty the pool, so that the next burst is cold again. (An HTTP/2 connection is
+			// idle only once its streams are cleaned up, a moment after the last body.)
+			waitFor(t, "the connection closes", func() bool {
+				g.Client.CloseIdleConnections()
+				return g.Stats.Snapshot().ConnsOpen == 0
+			})
+		}
+		app.RequireStop()
+		u.requireNoConns(t)
+	})
+	t.Run("HTTP/1.1", func(t *testing.T) {
+		u, trust := newH2Upstream(t, false, 0)
+		var g graph
+		app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), trust)
+		app.RequireStart()
+		if got := burst(t, g.Client, u.URL, n); got["HTTP/1.1"] != n {
+			t.Fatalf("responses by protocol %v, want %d over HTTP/1.1", got, n)
+		}
+		if s := g.Stats.Snapshot(); s.ConnsOpened < 2 || s.ConnsOpen != s.ConnsOpened {
+			t.Errorf("%d connections opened, %d open: want several, all kept", s.ConnsOpened, s.ConnsOpen)
+		}
+		app.RequireStop()
+		u.requireNoConns(t)
+	})
+}
