@@ -21,9 +21,11 @@ import (
 // Upstreams map, which the loaders copy before they change it.
 type Config struct {
 	// Timeout bounds a whole request through the shared client, from admission until the
-	// response body is read or closed, as http.Client.Timeout does. A Timeout of zero means no
+	// response body is read or closed, as http.Client.Timeout does, but for each request of a
+	// redirect chain on its own (bound a chain with a deadline on the request's context), and
+	// not for a 101 Switching Protocols stream after the upgrade. A Timeout of zero means no
 	// timeout. Default 30s: generous for RPC-style calls, still a bound; streaming or large
-	// downloads should raise it or set a longer deadline on the request's context.
+	// downloads should raise it (a request's own context can only shorten it).
 	Timeout time.Duration `yaml:"timeout" json:"timeout"`
 
 	// DialTimeout bounds establishing one TCP connection. A DialTimeout of zero means no
@@ -72,7 +74,8 @@ type Config struct {
 	MaxConnsPerHost int `yaml:"max_conns_per_host" json:"max_conns_per_host"`
 
 	// MaxResponseHeaderBytes bounds the size of response headers. Zero means net/http's
-	// default (1 MiB). Default 1 MiB.
+	// default (10 MiB). Default 1 MiB: ample for real headers, and a tenth of the memory a
+	// broken or hostile upstream can make each request hold.
 	MaxResponseHeaderBytes int64 `yaml:"max_response_header_bytes" json:"max_response_header_bytes"`
 
 	// DisableCompression stops the transport from asking for gzip and transparently

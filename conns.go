@@ -3,10 +3,14 @@ package httpfx
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 )
+
+// errDialAfterStop is the error of a dial the owned transport attempts after stop.
+var errDialAfterStop = fmt.Errorf("%w: no new connection after stop", ErrClosed)
 
 // dialFunc is the type of http.Transport.DialContext.
 type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -29,7 +33,7 @@ type connSet struct {
 func (s *connSet) wrap(dial dialFunc) dialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if s.isClosed() {
-			return nil, fmt.Errorf("httpfx: dial after stop: %w", ErrClosed)
+			return nil, errDialAfterStop
 		}
 		c, err := dial(ctx, network, addr)
 		if err != nil {
@@ -38,7 +42,7 @@ func (s *connSet) wrap(dial dialFunc) dialFunc {
 		tc := &trackedConn{Conn: c, set: s, addr: addr}
 		if !s.add(tc) {
 			c.Close()
-			return nil, fmt.Errorf("httpfx: dial after stop: %w", ErrClosed)
+			return nil, errDialAfterStop
 		}
 		return tc, nil
 	}
@@ -105,6 +109,19 @@ type trackedConn struct {
 	addr   string // as dialled
 	closed atomic.Bool
 }
+
+// ReadFrom keeps the underlying connection's io.ReaderFrom (sendfile, splice) for request
+// bodies copied from files.
+func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(writerOnly{c.Conn}, r)
+}
+
+// writerOnly hides every method of a writer but Write, so that io.Copy does not call back
+// into ReadFrom.
+type writerOnly struct{ io.Writer }
 
 func (c *trackedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {

@@ -56,19 +56,13 @@ func (o *owner) start(context.Context) error {
 			o.log.Warn("httpfx upstream is configured but no component takes a client of that name", zap.String("upstream", name))
 		}
 	}
-	if o.inUse != o.transport {
+	if o.inUse != nil && o.inUse != o.transport {
 		o.log.Info("httpfx client sends through a caller-supplied *http.Transport; httpfx drains its requests but will not close it")
 	}
-	o.logCallerClient()
-	return nil
-}
-
-// logCallerClient says, once the graph is built, if the *http.Client consumers get is not the
-// one httpfx built.
-func (o *owner) logCallerClient() {
 	if o.inGraph != nil && o.inGraph != o.client {
 		o.log.Info("httpfx: a caller-supplied *http.Client is in use; httpfx will neither drain nor close it")
 	}
+	return nil
 }
 
 // stop runs the stop sequence once; later calls return the first call's result.
@@ -111,7 +105,7 @@ func (o *owner) drain(ctx context.Context) error {
 	// them, and net/http holds a connection and two goroutines for each), then connections
 	// (of requests still waiting for headers, or dialled late).
 	if err != nil {
-		for _, b := range o.bodies.all() {
+		for _, b := range o.bodies.close() {
 			b.cut()
 		}
 	}

@@ -27,7 +27,7 @@ import (
 // Module provides Config (DefaultConfig), *http.Transport (owned), http.RoundTripper (the
 // transport), *http.Client (owned, built over the round tripper) and *Stats, each a separate
 // step so that fx.Decorate can adjust or replace any of them, and registers the start and stop
-// hooks where the client is built. It takes a *zap.Logger if the graph has one and never
+// hooks before any of them is built, so that whatever depends on them stops first. It takes a *zap.Logger if the graph has one and never
 // provides one. A Config that fails Validate makes fx.New fail with the error.
 var Module = fx.Module("httpfx",
 	fx.Provide(DefaultConfig),
@@ -49,7 +49,17 @@ type ownerParams struct {
 	Logger *zap.Logger `optional:"true"`
 }
 
-func newModuleOwner(p ownerParams) (*owner, error) { return newOwner(p.Config, p.Logger) }
+// newModuleOwner builds what httpfx owns and registers the hooks here, where the first piece
+// of it is built: everything that depends on the client, the transport, the round tripper or
+// an upstream client is built after, so fx stops it before httpfx drains.
+func newModuleOwner(lc fx.Lifecycle, p ownerParams) (*owner, error) {
+	o, err := newOwner(p.Config, p.Logger)
+	if err != nil {
+		return nil, err
+	}
+	lc.Append(o.hook())
+	return o, nil
+}
 
 // clientResult is what newModuleClient provides: the client, and its tracker for Upstream.
 type clientResult struct {
@@ -59,21 +69,13 @@ type clientResult struct {
 	Tracker *tracker
 }
 
-// newModuleClient builds the owned client over the (possibly decorated) round tripper and
-// registers the hooks here, so that every component that depends on the client, or on an
-// upstream client, is stopped before the client drains.
-func newModuleClient(lc fx.Lifecycle, o *owner, t *http.Transport, rt http.RoundTripper) clientResult {
+// newModuleClient builds the owned client over the (possibly decorated) round tripper.
+func newModuleClient(o *owner, t *http.Transport, rt http.RoundTripper) clientResult {
 	c := o.newClient(t, rt)
-	lc.Append(o.hook())
 	return clientResult{Client: c, Tracker: o.tracker}
 }
 
 // recordGraphClient records the *http.Client consumers get, so that start can say if a
 // caller-supplied one is in use. It also makes fx.New build the client, and so fail on a bad
 // Config, even if nothing else asks for it.
-func recordGraphClient(o *owner, c *http.Client) {
-	o.inGraph = c
-	if o.client == nil { // A decorator replaced the client without asking for httpfx's.
-		o.logCallerClient()
-	}
-}
+func recordGraphClient(o *owner, c *http.Client) { o.inGraph = c }

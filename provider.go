@@ -135,12 +135,6 @@ func newOwner(cfg Config, log *zap.Logger) (*owner, error) {
 		o.gate = new(h2gate)
 		o.conns.onLast = o.gate.forget
 	}
-	if tc := o.transport.TLSClientConfig; len(tc.Certificates) == 0 {
-		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			o.certAsked.Store(true)
-			return new(tls.Certificate), nil // none, as without this hook
-		}
-	}
 	return o, nil
 }
 
@@ -183,6 +177,15 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 			dial = (&net.Dialer{}).DialContext
 		}
 		t.DialContext = o.conns.wrap(dial)
+		// Note a server's request for a client certificate when none is configured, so that
+		// the error of a mutual-TLS failure can say why. Installed now, after decorators,
+		// because crypto/tls ignores Certificates once GetClientCertificate is set.
+		if tc := t.TLSClientConfig; tc != nil && len(tc.Certificates) == 0 && tc.GetClientCertificate == nil {
+			tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				o.certAsked.Store(true)
+				return new(tls.Certificate), nil // none, as without this hook
+			}
+		}
 	}
 	o.inUse = t
 	o.nextType = fmt.Sprintf("%T", rt)
@@ -191,15 +194,15 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 	return o.client
 }
 
-// admit counts a request in flight, or reports false if the gate is closed.
-func (o *owner) admit() bool {
+// admit counts a request in flight and returns its number, or reports false if the gate is
+// closed.
+func (o *owner) admit() (int64, bool) {
 	if o.stats.gate.Add(1)&closedBit != 0 {
 		o.release()
 		o.stats.rejected.Add(1)
-		return false
+		return 0, false
 	}
-	o.stats.requests.Add(1)
-	return true
+	return o.stats.requests.Add(1), true
 }
 
 // finish ends an admitted request: it stops the request's timeout, if any, and counts the

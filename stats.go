@@ -23,7 +23,8 @@ type Stats struct {
 }
 
 // Snapshot is a copy of the counters at one moment. Counters are read one by one, so under
-// load the fields may be a few requests apart from one another.
+// load the fields may be a few requests apart from one another; InFlight may also count, for
+// an instant, a request that is being refused with ErrClosed.
 type Snapshot struct {
 	Requests    int64 // requests admitted
 	InFlight    int64 // admitted requests whose response body is not yet closed, read to EOF or failed

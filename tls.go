@@ -83,6 +83,9 @@ func (c Config) proxy() (func(*http.Request) (*url.URL, error), error) {
 	switch u.Scheme {
 	case "http", "https", "socks5", "socks5h":
 	default:
+		if u.User != nil || u.Opaque != "" { // "user:secret@host" parses as scheme "user": say nothing of it
+			return nil, fmt.Errorf("httpfx: config: ProxyURL is not scheme://host:port with scheme http, https or socks5")
+		}
 		return nil, fmt.Errorf("httpfx: config: ProxyURL scheme %q: want http, https or socks5", u.Scheme)
 	}
 	if u.Host == "" {
@@ -164,10 +167,7 @@ func parseNoProxy(list string) (noProxy, error) {
 
 // match reports whether u's host bypasses the proxy.
 func (np noProxy) match(u *url.URL) bool {
-	host, port := strings.ToLower(u.Hostname()), u.Port()
-	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
-	}
+	host, port := strings.ToLower(u.Hostname()), portOf(u)
 	ip := net.ParseIP(host)
 	for _, e := range np {
 		switch {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -39,22 +41,14 @@ func (t *tracker) RoundTrip(req *http.Request) (*http.Response, error) {
 // nil, each with its own overall timeout.
 func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, error) {
 	o := t.o
+	seq, ok := o.admit()
+	if !ok {
+		closeBody(req) // A RoundTripper must always close the body.
+		return nil, ErrClosed
+	}
 	d, cause := o.cfg.Timeout, o.timeoutErr
 	if up != nil {
 		d, cause = up.timeout, up.timeoutErr
-	}
-	if !o.admit() {
-		if req.Body != nil {
-			req.Body.Close() // A RoundTripper must always close the body.
-		}
-		if up != nil && up.slots != nil {
-			<-up.slots
-		}
-		return nil, ErrClosed
-	}
-	if up != nil {
-		up.stats.requests.Add(1)
-		up.stats.inFlight.Add(1)
 	}
 	cancel := context.CancelFunc(nil)
 	if d > 0 {
@@ -64,56 +58,100 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 			req = req.WithContext(ctx)
 		}
 	}
-	if ua := o.cfg.UserAgent; ua != "" && req.Header.Get("User-Agent") == "" {
-		req = req.Clone(req.Context())
-		req.Header.Set("User-Agent", ua)
+	if ua := o.cfg.UserAgent; ua != "" {
+		if _, set := req.Header["User-Agent"]; !set { // as net/http, an explicit "" sends none
+			req = withHeader(req, "User-Agent", ua)
+		}
 	}
-	leader := false
+	if up != nil {
+		up.stats.requests.Add(1)
+		if err := up.acquire(req.Context()); err != nil {
+			up.stats.failed.Add(1)
+			closeBody(req)
+			o.finish(cancel, nil, true)
+			return nil, err
+		}
+		up.stats.inFlight.Add(1)
+	}
+	var lead *h2lead
 	if o.gate != nil && req.URL.Scheme == "https" {
 		var err error
-		if req, leader, err = o.gate.enter(req); err != nil {
+		if req, lead, err = o.gate.enter(req); err != nil {
+			closeBody(req)
 			o.finish(cancel, up, true)
 			return nil, err
 		}
 	}
 	resp, err := t.next.RoundTrip(req)
-	if leader {
-		o.gate.leave(req, err == nil)
+	if lead != nil {
+		o.gate.leave(req.URL.Host, lead, err == nil)
 	}
-	if err != nil {
+	if err != nil { // next has closed the request body
 		o.finish(cancel, up, true)
-		return nil, o.explain(err)
+		return nil, o.explain(req, err)
 	}
 	if resp.Body == nil || resp.Body == http.NoBody {
 		o.finish(cancel, up, false)
 		return resp, nil
 	}
 	var b *body
-	if w, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
+	upgraded := resp.StatusCode == http.StatusSwitchingProtocols
+	if w, ok := resp.Body.(io.ReadWriteCloser); ok && upgraded {
 		rw := &rwBody{body: body{rc: w, o: o, up: up, cancel: cancel}, w: w}
 		b, resp.Body = &rw.body, rw
 	} else {
 		b = &body{rc: resp.Body, o: o, up: up, cancel: cancel}
 		resp.Body = b
 	}
-	o.bodies.add(b)
-	if req.Context().Done() != nil {
+	if !o.bodies.add(b, seq) {
+		b.cut() // stop has cut the bodies in flight already
+		return resp, nil
+	}
+	if !upgraded && req.Context().Done() != nil {
 		// A request whose context ends (the caller cancelled, or a deadline passed) leaves the
-		// in-flight count at once, even if the caller never reads or closes the body.
+		// in-flight count at once, even if the caller never reads or closes the body. (After a
+		// 101, net/http no longer watches the context: the stream lives until it is closed.)
 		b.stop = context.AfterFunc(req.Context(), b.abort)
 	}
 	return resp, nil
 }
 
+// closeBody closes req's body, as a RoundTripper must when it does not pass req on.
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// withHeader returns a shallow copy of req with header k set to v, leaving req as it is.
+func withHeader(req *http.Request, k, v string) *http.Request {
+	r := *req
+	r.Header = req.Header.Clone()
+	if r.Header == nil {
+		r.Header = make(http.Header, 1)
+	}
+	r.Header.Set(k, v)
+	return &r
+}
+
 // explain adds to a request's error what net/http cannot say: a TLS 1.3 server that rejects
-// the client's certificate closes the connection after the handshake, and the client then
+// the client's certificate closes the connection right after the handshake, and the client
 // sees only a broken or unusable connection. If an upstream asked for a client certificate
-// and none is configured, the error says so.
-func (o *owner) explain(err error) error {
-	if !o.certAsked.Load() || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+// and none is configured, such an error of an HTTPS request says so.
+func (o *owner) explain(req *http.Request, err error) error {
+	if !o.certAsked.Load() || req.URL.Scheme != "https" || !looksCut(err) {
 		return err
 	}
-	return fmt.Errorf("httpfx: an upstream asked for a client certificate and none is configured; if it requires one (mutual TLS), set TLSCertFile and TLSKeyFile: %w", err)
+	return fmt.Errorf("httpfx: an upstream asked for a client certificate and none is configured; if this one requires it (mutual TLS), set TLSCertFile and TLSKeyFile: %w", err)
+}
+
+// looksCut reports whether err is what a peer closing a fresh connection looks like.
+func looksCut(err error) bool {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "remote error: tls:") || strings.Contains(msg, "http2: client conn")
 }
 
 // CloseIdleConnections closes the idle connections of the transport httpfx built, however the
@@ -130,7 +168,8 @@ func (t *tracker) CloseIdleConnections() {
 // EOF or fails, whichever comes first. It is safe for a Close concurrent with a Read, as
 // net/http's bodies are.
 type body struct {
-	prev, next *body // in owner.bodies while in flight
+	prev, next *body      // in its shard of owner.bodies while in flight
+	shard      *bodyShard // nil until added
 
 	rc     io.ReadCloser
 	o      *owner
@@ -143,74 +182,43 @@ type body struct {
 func (b *body) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	if err != nil {
-		b.end(err != io.EOF, false)
+		b.end(err != io.EOF, true)
 	}
 	return n, err
 }
 
 func (b *body) Close() error {
 	err := b.rc.Close()
-	b.end(false, false)
+	b.end(false, true)
 	return err
 }
 
 // abort runs, in a goroutine of its own, when the request's context ends before the body
 // does. It may run before RoundTrip has stored stop, so it does not read it.
-func (b *body) abort() { b.end(true, true) }
+func (b *body) abort() { b.end(true, false) }
 
-// end finishes the request once, whichever of Read, Close and abort comes first.
-func (b *body) end(failed, aborted bool) {
+// cut closes the body under the caller, who may never close it, so that net/http lets go of
+// its connection and goroutines, and finishes the request as failed. Stop calls it, maybe
+// while RoundTrip stores stop, so it does not read it either: abort, if registered, then
+// finds the request finished when the context ends.
+func (b *body) cut() {
+	b.rc.Close()
+	b.end(true, false)
+}
+
+// end finishes the request once, whichever of Read, Close, abort and cut comes first;
+// unregister says whether to unregister abort.
+func (b *body) end(failed, unregister bool) {
 	if !b.done.CompareAndSwap(false, true) {
 		return
 	}
-	if !aborted && b.stop != nil {
+	if unregister && b.stop != nil {
 		b.stop()
 	}
 	b.o.bodies.remove(b)
 	b.o.finish(b.cancel, b.up, failed)
 }
 
-// cut closes the body under the caller, who may never close it, so that net/http lets go of
-// its connection and goroutines, and finishes the request as failed.
-func (b *body) cut() {
-	b.rc.Close()
-	b.end(true, false)
-}
-
-// bodyList holds the bodies in flight, so that stop can cut the ones nobody closes. Adding and
-// removing take a short lock and no allocation. It is safe for concurrent use once init ran.
-type bodyList struct {
-	mu   sync.Mutex
-	head body // sentinel of a circular list
-}
-
-func (l *bodyList) init() { l.head.prev, l.head.next = &l.head, &l.head }
-
-func (l *bodyList) add(b *body) {
-	l.mu.Lock()
-	b.prev, b.next = l.head.prev, &l.head
-	l.head.prev.next = b
-	l.head.prev = b
-	l.mu.Unlock()
-}
-
-func (l *bodyList) remove(b *body) {
-	l.mu.Lock()
-	b.prev.next, b.next.prev = b.next, b.prev
-	b.prev, b.next = nil, nil
-	l.mu.Unlock()
-}
-
-// all returns the bodies in flight now.
-func (l *bodyList) all() []*body {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []*body
-	for b := l.head.next; b != &l.head; b = b.next {
-		out = append(out, b)
-	}
-	return out
-}
 
 // rwBody keeps a 101 Switching Protocols body writable, as net/http returns it.
 type rwBody struct {
@@ -224,3 +232,71 @@ var (
 	_ io.ReadCloser      = (*body)(nil)
 	_ io.ReadWriteCloser = (*rwBody)(nil)
 )
+
+// bodyShards is how many locks the bodies in flight are spread over, so that requests on many
+// cores seldom wait for one another.
+const bodyShards = 16
+
+// bodyList holds the bodies in flight, so that stop can cut the ones nobody closes. Adding and
+// removing take a short lock of one shard and no allocation. It is safe for concurrent use
+// once init ran.
+type bodyList struct {
+	shards [bodyShards]bodyShard
+}
+
+type bodyShard struct {
+	mu     sync.Mutex
+	head   body // sentinel of a circular list
+	closed bool // stop has cut this shard: no more bodies
+	_      [64]byte
+}
+
+func (l *bodyList) init() {
+	for i := range l.shards {
+		h := &l.shards[i].head
+		h.prev, h.next = h, h
+	}
+}
+
+// add puts b in the shard of the request numbered seq, or reports false if stop has cut.
+func (l *bodyList) add(b *body, seq int64) bool {
+	s := &l.shards[uint64(seq)%bodyShards]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	b.shard = s
+	b.prev, b.next = s.head.prev, &s.head
+	s.head.prev.next = b
+	s.head.prev = b
+	return true
+}
+
+func (l *bodyList) remove(b *body) {
+	s := b.shard
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	if b.prev != nil {
+		b.prev.next, b.next.prev = b.next, b.prev
+		b.prev, b.next = nil, nil
+	}
+	s.mu.Unlock()
+}
+
+// close refuses further bodies and returns those in flight.
+func (l *bodyList) close() []*body {
+	var out []*body
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		s.closed = true
+		for b := s.head.next; b != &s.head; b = b.next {
+			out = append(out, b)
+		}
+		s.mu.Unlock()
+	}
+	return out
+}

@@ -78,10 +78,15 @@ func (u UpstreamConfig) validate(name string, complete bool) error {
 			bad("BaseURL %v", err)
 		}
 	}
+	seen := make(map[string]string, len(u.Headers))
 	for _, k := range slices.Sorted(maps.Keys(u.Headers)) {
 		if !headerToken.MatchString(k) {
 			bad("Headers: %q is not a valid header name", k)
 		}
+		if other, dup := seen[http.CanonicalHeaderKey(k)]; dup {
+			bad("Headers: %q and %q name the same header: keep one", other, k)
+		}
+		seen[http.CanonicalHeaderKey(k)] = k
 		if strings.ContainsFunc(u.Headers[k], isControl) {
 			bad("Headers: the value of %q contains a control character", k)
 		}
@@ -100,12 +105,13 @@ func (u UpstreamConfig) overlay(file UpstreamConfig) UpstreamConfig {
 	if file.BaseURL != "" {
 		u.BaseURL = file.BaseURL
 	}
-	if len(file.Headers) > 0 {
-		h := maps.Clone(u.Headers)
-		if h == nil {
-			h = make(map[string]string, len(file.Headers))
+	if len(file.Headers) > 0 { // merged by canonical name, the file's last
+		h := make(map[string]string, len(u.Headers)+len(file.Headers))
+		for _, m := range []map[string]string{u.Headers, file.Headers} {
+			for k, v := range m {
+				h[http.CanonicalHeaderKey(k)] = v
+			}
 		}
-		maps.Copy(h, file.Headers)
 		u.Headers = h
 	}
 	if file.Timeout != 0 {
@@ -127,6 +133,8 @@ func parseBaseURL(s string) (*url.URL, error) {
 	switch {
 	case err != nil:
 		return nil, errors.New("is not a valid URL: want http(s)://host[:port][/path/]")
+	case u.Scheme != "http" && u.Scheme != "https" && (u.User != nil || u.Opaque != ""):
+		return nil, errors.New("is not http(s)://host[:port][/path/]") // "user:secret@host" parses as scheme "user"
 	case u.Scheme != "http" && u.Scheme != "https":
 		return nil, fmt.Errorf("scheme %q: want http or https", u.Scheme)
 	case u.Host == "":
@@ -206,18 +214,23 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.Header = h
 		req = &r
 	}
-	if u.slots != nil {
-		select {
-		case u.slots <- struct{}{}:
-		case <-req.Context().Done():
-			if req.Body != nil {
-				req.Body.Close()
-			}
-			return nil, fmt.Errorf("httpfx: upstream %q: waiting for one of its %d connections: %w",
-				u.name, cap(u.slots), context.Cause(req.Context()))
-		}
-	}
 	return u.t.roundTrip(req, u)
+}
+
+// acquire waits, as long as ctx allows, until the upstream has room for one more request.
+// The tracker calls it after admission, so that stop refuses new requests at once and the
+// upstream's Timeout covers the wait.
+func (u *upstream) acquire(ctx context.Context) error {
+	if u.slots == nil {
+		return nil
+	}
+	select {
+	case u.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("httpfx: upstream %q: waiting for one of its MaxConnsPerHost (%d): %w",
+			u.name, cap(u.slots), context.Cause(ctx))
+	}
 }
 
 // done counts an upstream request out of flight.
