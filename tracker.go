@@ -219,7 +219,6 @@ func (b *body) end(failed, unregister bool) {
 	b.o.finish(b.cancel, b.up, failed)
 }
 
-
 // rwBody keeps a 101 Switching Protocols body writable, as net/http returns it.
 type rwBody struct {
 	body
