@@ -1,7 +1,7 @@
 // Command bench compares httpfx's zero-config client with other common ways of building a Go
 // HTTP client, against a loopback server that runs in a separate process.
 //
-//	go run .          # full run: 3 rounds, writes results/report.md and results/chart.svg
+//	go run .          # full run: 4 rounds, writes results/report.md and results/chart.svg
 //	go run . -quick   # a smoke run of the same matrix, 1 round, small counts
 //
 // For each server mode (plain HTTP/1.1, TLS offering HTTP/2, TLS with HTTP/1.1 only), server
@@ -38,6 +38,12 @@ type plan struct {
 	perConc  int
 	maxN     int
 	variants []variant
+	// A cell during which other processes used more than noisyCPU of the host's CPU is run
+	// again, at most maxRetries times and within retryBudget for the whole run; the quietest
+	// attempt is kept.
+	noisyCPU    float64
+	maxRetries  int
+	retryBudget time.Duration
 }
 
 // requests is the number of requests a cell at concurrency conc sends (unless its time cap
@@ -46,13 +52,14 @@ func (p plan) requests(conc int) int { return min(max(p.minN, p.perConc*conc), p
 
 func fullPlan() plan {
 	return plan{
-		name: "full", rounds: 3,
+		name: "full", rounds: 4,
 		modes:   modes,
 		concs:   []int{1, 16, 128, 512},
 		delays:  []time.Duration{0, 5 * time.Millisecond},
-		timeCap: 1200 * time.Millisecond,
-		minN:    2000, perConc: 40, maxN: 20480,
+		timeCap: 800 * time.Millisecond,
+		minN:    2000, perConc: 40, maxN: 16384,
 		variants: allVariants(),
+		noisyCPU: 0.20, maxRetries: 2, retryBudget: 45 * time.Second,
 	}
 }
 
@@ -65,6 +72,7 @@ func quickPlan() plan {
 		timeCap: 250 * time.Millisecond,
 		minN:    200, perConc: 4, maxN: 2048,
 		variants: allVariants(),
+		noisyCPU: 0.20, maxRetries: 1, retryBudget: 5 * time.Second,
 	}
 }
 
@@ -126,35 +134,29 @@ func run(ctx context.Context, p plan, outDir string) (err error) {
 		p.name, p.rounds, ch.cmd.Process.Pid, runtime.GOMAXPROCS(0))
 
 	results := make(map[cellKey][]cellResult)
+	q := &quietRunner{plan: p, child: ch, budget: p.retryBudget}
 	total := p.rounds * len(p.modes) * len(p.delays) * len(p.concs) * len(p.variants)
 	done := 0
 	for round := range p.rounds {
-		order := rotate(p.variants, round)
-		for _, m := range p.modes {
-			for _, delay := range p.delays {
-				for _, conc := range p.concs {
-					for _, v := range order {
-						if err := ctx.Err(); err != nil {
-							return fmt.Errorf("interrupted: %w", err)
-						}
-						spec := cellSpec{mode: m, delay: delay, conc: conc, n: p.requests(conc), timeCap: p.timeCap, variant: v}
-						r, err := runCell(ctx, ch, spec)
-						if err != nil {
-							return fmt.Errorf("cell %s delay=%v c=%d %s: %w", m.name, delay, conc, v.name, err)
-						}
-						done++
-						k := cellKey{m.name, delay, conc, v.name}
-						results[k] = append(results[k], r)
-						fmt.Fprintf(os.Stderr, "[%3d/%d %4.0fs] r%d %-6s d=%-3v c=%-3d %-15s %6.0f req/s p99 %8v conns/req %.3f err %d other CPU %3.0f%%\n",
-							done, total, time.Since(began).Seconds(), round+1, m.name, delay, conc, v.name,
-							r.RPS, r.P99.Round(10*time.Microsecond), r.ConnsPerReq, r.Errors, 100*r.OtherCPU)
-					}
-				}
+		for _, spec := range p.cells(round) {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("interrupted: %w", err)
 			}
+			r, err := q.run(ctx, spec)
+			if err != nil {
+				return fmt.Errorf("cell %s delay=%v c=%d %s: %w", spec.mode.name, spec.delay, spec.conc, spec.variant.name, err)
+			}
+			k := cellKey{spec.mode.name, spec.delay, spec.conc, spec.variant.name}
+			results[k] = append(results[k], r)
+			done++
+			fmt.Fprintf(os.Stderr, "[%3d/%d %4.0fs] r%d %-6s d=%-3v c=%-3d %-15s %6.0f req/s p99 %8v conns/req %.3f err %d other CPU %3.0f%%\n",
+				done, total, time.Since(began).Seconds(), round+1, spec.mode.name, spec.delay, spec.conc, spec.variant.name,
+				r.RPS, r.P99.Round(10*time.Microsecond), r.ConnsPerReq, r.Errors, 100*r.OtherCPU)
 		}
 	}
 
 	rep := buildReport(p, results, time.Since(began))
+	rep.retries = q.retries
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", outDir, err)
 	}
@@ -169,6 +171,55 @@ func run(ctx context.Context, p plan, outDir string) (err error) {
 	fmt.Fprintf(os.Stderr, "bench: wrote %s and %s in %v\n",
 		filepath.Join(outDir, "report.md"), filepath.Join(outDir, "chart.svg"), time.Since(began).Round(time.Second))
 	return nil
+}
+
+// cells lists one round's cells in the order they run: per mode, delay and concurrency, every
+// variant, starting with a different one each round.
+func (p plan) cells(round int) []cellSpec {
+	var specs []cellSpec
+	order := rotate(p.variants, round)
+	for _, m := range p.modes {
+		for _, delay := range p.delays {
+			for _, conc := range p.concs {
+				for _, v := range order {
+					specs = append(specs, cellSpec{mode: m, delay: delay, conc: conc, n: p.requests(conc), timeCap: p.timeCap, variant: v})
+				}
+			}
+		}
+	}
+	return specs
+}
+
+// quietRunner runs cells, running a cell again while other processes were busy during it
+// (plan.noisyCPU, plan.maxRetries), within a budget of time for all re-runs of the run.
+type quietRunner struct {
+	plan    plan
+	child   *child
+	budget  time.Duration // left for re-runs
+	retries int
+}
+
+// run measures spec and returns the attempt during which other processes used the least CPU.
+func (q *quietRunner) run(ctx context.Context, spec cellSpec) (cellResult, error) {
+	var best cellResult
+	for attempt := 0; ; attempt++ {
+		began := time.Now()
+		r, err := runCell(ctx, q.child, spec)
+		if err != nil {
+			return cellResult{}, err
+		}
+		if attempt > 0 {
+			q.budget -= time.Since(began)
+		}
+		if attempt == 0 || r.OtherCPU < best.OtherCPU {
+			best = r
+		}
+		if best.OtherCPU <= q.plan.noisyCPU || attempt == q.plan.maxRetries || q.budget <= 0 {
+			return best, nil
+		}
+		q.retries++
+		fmt.Fprintf(os.Stderr, "      other processes used %.0f%% of the CPU; running the cell again\n", 100*r.OtherCPU)
+	}
 }
 
 // restrict keeps only the named modes, variants, concurrencies and delays of p; an empty list

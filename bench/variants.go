@@ -98,15 +98,20 @@ func buildHTTPFX(cfg httpfx.Config) func(*x509.CertPool) (*clientUnderTest, erro
 			return nil, fmt.Errorf("httpfx.New: %w", err)
 		}
 		res.Transport.TLSClientConfig.RootCAs = roots
-		return &clientUnderTest{
-			get: func(ctx context.Context, url string) (string, error) { return fetch(ctx, res.Client, url) },
-			close: func(ctx context.Context) error {
-				if err := httpfx.Shutdown(ctx, res.Client); err != nil {
-					return fmt.Errorf("httpfx.Shutdown: %w", err)
-				}
-				return nil
-			},
-		}, nil
+		return owned(res), nil
+	}
+}
+
+// owned wraps the client httpfx built, stopped with httpfx.Shutdown.
+func owned(res httpfx.Result) *clientUnderTest {
+	return &clientUnderTest{
+		get: func(ctx context.Context, url string) (string, error) { return fetch(ctx, res.Client, url) },
+		close: func(ctx context.Context) error {
+			if err := httpfx.Shutdown(ctx, res.Client); err != nil {
+				return fmt.Errorf("httpfx.Shutdown: %w", err)
+			}
+			return nil
+		},
 	}
 }
 
@@ -121,6 +126,8 @@ func pooled(c *http.Client, t *http.Transport) *clientUnderTest {
 	}
 }
 
+// buildRawTuned builds the hand-tuned transport: a large idle pool per host, no caps,
+// httpfx's timeouts, and a Client.Timeout like httpfx's Config.Timeout.
 func buildRawTuned(roots *x509.CertPool) (*clientUnderTest, error) {
 	t := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
@@ -149,6 +156,7 @@ func defaultClone(roots *x509.CertPool) (*http.Transport, error) {
 	return t, nil
 }
 
+// buildDefault builds what sharing http.DefaultClient gives, on a private clone.
 func buildDefault(roots *x509.CertPool) (*clientUnderTest, error) {
 	t, err := defaultClone(roots)
 	if err != nil {
@@ -157,6 +165,8 @@ func buildDefault(roots *x509.CertPool) (*clientUnderTest, error) {
 	return pooled(&http.Client{Transport: t}, t), nil
 }
 
+// buildPerRequest builds the anti-pattern: every request gets a new client and transport,
+// whose connection is closed once the body is read.
 func buildPerRequest(roots *x509.CertPool) (*clientUnderTest, error) {
 	if _, err := defaultClone(roots); err != nil {
 		return nil, err
@@ -174,6 +184,7 @@ func buildPerRequest(roots *x509.CertPool) (*clientUnderTest, error) {
 	}, nil
 }
 
+// buildCleanhttp builds go-cleanhttp's pooled client.
 func buildCleanhttp(roots *x509.CertPool) (*clientUnderTest, error) {
 	c := cleanhttp.DefaultPooledClient()
 	t, ok := c.Transport.(*http.Transport)
@@ -304,18 +315,12 @@ func buildGatedHTTPFX(cfg httpfx.Config, n int) func(*x509.CertPool) (*clientUnd
 			}
 			return tc, nil
 		}
-		return &clientUnderTest{
-			get: func(ctx context.Context, url string) (string, error) {
-				m := &dialMarker{Context: ctx}
-				defer m.served.Store(true)
-				return fetch(m, res.Client, url)
-			},
-			close: func(ctx context.Context) error {
-				if err := httpfx.Shutdown(ctx, res.Client); err != nil {
-					return fmt.Errorf("httpfx.Shutdown: %w", err)
-				}
-				return nil
-			},
-		}, nil
+		cu := owned(res)
+		cu.get = func(ctx context.Context, url string) (string, error) {
+			m := &dialMarker{Context: ctx}
+			defer m.served.Store(true)
+			return fetch(m, res.Client, url)
+		}
+		return cu, nil
 	}
 }
