@@ -140,6 +140,15 @@ func (r *report) markdown() string {
 		"no new request after %v. Wall time of the run: %v.\n\n",
 		r.when.UTC().Format("2006-01-02 15:04 UTC"), runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0),
 		p.rounds, p.minN, p.perConc, p.maxN, p.timeCap, r.wall.Round(time.Second))
+	var ms, vs []string
+	for _, m := range p.modes {
+		ms = append(ms, m.name)
+	}
+	for _, v := range p.variants {
+		vs = append(vs, v.name)
+	}
+	fmt.Fprintf(&b, "Matrix: modes %s; delays %v; concurrencies %v; variants %s.\n\n",
+		strings.Join(ms, ", "), p.delays, p.concs, strings.Join(vs, ", "))
 	fmt.Fprintf(&b, "Client (this process) and server (a child process) share the same cores over loopback, so "+
 		"absolute numbers are low and noisy; compare variants within a cell. The machine may be shared: a cell during "+
 		"which other processes used more than %.0f%% of the CPU was run again (at most %d times, %v in all; the quietest "+
