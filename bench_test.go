@@ -1,0 +1,205 @@
+package httpfx_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/httpfx/httpfx"
+)
+
+// The benchmarks below compare the owned httpfx client with a raw *http.Transport built with
+// the same Config values, over loopback test servers. Names are
+// BenchmarkClient/<proto>/<seq|par>/<httpfx|raw>, so that benchstat can put the two side by
+// side:
+//
+//	go test -bench . -benchmem -run '^$' -count 10 . | tee new.txt
+//
+// Besides ns/op and allocs/op, each benchmark reports conns/op: connections the server
+// accepted per request in the timed part (near zero when connections are reused).
+
+// benchBody is the response body of the benchmark handler, about 100 bytes.
+var benchBody = []byte(strings.Repeat("httpfx-benchmark-body. ", 4) + "end-of-body.\n")
+
+// benchParallelism multiplies GOMAXPROCS for the par benchmarks, so that a 2-core machine
+// still runs several callers at once and the pool serves concurrent requests.
+const benchParallelism = 4
+
+// benchProto is one kind of upstream.
+type benchProto struct {
+	name      string
+	start     func(testing.TB, http.Handler) *upstream
+	wantMajor int // the HTTP major version the clients must negotiate
+}
+
+var benchProtos = []benchProto{
+	{name: "http1", start: newUpstream, wantMajor: 1},
+	{name: "tls", start: func(tb testing.TB, h http.Handler) *upstream { return newTLSUpstream(tb, h, false) }, wantMajor: 1},
+	{name: "h2", start: func(tb testing.TB, h http.Handler) *upstream { return newTLSUpstream(tb, h, true) }, wantMajor: 2},
+}
+
+// benchClient is a client under test and the function that stops it.
+type benchClient struct {
+	client *http.Client
+	stop   func(testing.TB)
+}
+
+// benchVariant builds a client for the upstream u; roots is nil for plain HTTP.
+type benchVariant struct {
+	name  string
+	build func(tb testing.TB, roots *x509.CertPool) benchClient
+}
+
+var benchVariants = []benchVariant{
+	{name: "httpfx", build: buildHTTPFX},
+	{name: "raw", build: buildRaw},
+}
+
+// buildHTTPFX builds the owned client with DefaultConfig, trusting roots, and stops it with
+// Shutdown.
+func buildHTTPFX(tb testing.TB, roots *x509.CertPool) benchClient {
+	res, err := httpfx.New(httpfx.Params{Config: httpfx.DefaultConfig()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	res.Transport.TLSClientConfig.RootCAs = roots // before first use; MinVersion is kept
+	return benchClient{client: res.Client, stop: func(tb testing.TB) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := httpfx.Shutdown(ctx, res.Client); err != nil {
+			tb.Errorf("shutdown: %v", err)
+		}
+	}}
+}
+
+// buildRaw builds a bare *http.Transport with the same settings as httpfx's from
+// DefaultConfig (by hand, so that nothing of httpfx is in the path), and an http.Client that
+// enforces the same Timeout.
+func buildRaw(tb testing.TB, roots *x509.CertPool) benchClient {
+	cfg := httpfx.DefaultConfig()
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: cfg.KeepAlive}).DialContext
+	t.Proxy = nil
+	if cfg.ProxyFromEnvironment {
+		t.Proxy = http.ProxyFromEnvironment
+	}
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
+	t.TLSHandshakeTimeout = cfg.TLSHandshakeTimeout
+	t.ResponseHeaderTimeout = cfg.ResponseHeaderTimeout
+	t.ExpectContinueTimeout = cfg.ExpectContinueTimeout
+	t.IdleConnTimeout = cfg.IdleConnTimeout
+	t.MaxIdleConns = cfg.MaxIdleConns
+	t.MaxIdleConnsPerHost = cfg.MaxIdleConnsPerHost
+	t.MaxConnsPerHost = cfg.MaxConnsPerHost
+	t.MaxResponseHeaderBytes = cfg.MaxResponseHeaderBytes
+	t.DisableCompression = cfg.DisableCompression
+	t.ForceAttemptHTTP2 = !cfg.DisableHTTP2
+	c := &http.Client{Transport: t, Timeout: cfg.Timeout}
+	return benchClient{client: c, stop: func(testing.TB) { t.CloseIdleConnections() }}
+}
+
+// BenchmarkClient measures one GET of a ~100-byte body through httpfx's owned client and
+// through a raw transport with the same settings, sequentially and from parallel callers,
+// over HTTP/1.1, TLS with HTTP/1.1 and TLS with HTTP/2.
+func BenchmarkClient(b *testing.B) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(benchBody) })
+	for _, p := range benchProtos {
+		b.Run(p.name, func(b *testing.B) {
+			for _, parallel := range []bool{false, true} {
+				sched := "seq"
+				if parallel {
+					sched = "par"
+				}
+				b.Run(sched, func(b *testing.B) {
+					for _, v := range benchVariants {
+						b.Run(v.name, func(b *testing.B) { benchGets(b, p, h, parallel, v) })
+					}
+				})
+			}
+		})
+	}
+}
+
+// benchGets runs one benchmark: a fresh server and client, one warm-up request that checks
+// the negotiated protocol, b.N timed requests, then the client is stopped and the server is
+// waited for until it has seen every connection close (so a client that leaks connections
+// fails here), before the server is closed by the cleanup.
+func benchGets(b *testing.B, p benchProto, h http.Handler, parallel bool, v benchVariant) {
+	u := p.start(b, h)
+	var roots *x509.CertPool
+	if u.TLS != nil {
+		roots = x509.NewCertPool()
+		roots.AddCert(u.Certificate())
+	}
+	c := v.build(b, roots)
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			c.stop(b)
+		}
+	}
+	defer stop() // also on b.Fatal
+
+	resp, err := c.client.Get(u.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		b.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != p.wantMajor {
+		b.Fatalf("negotiated %s, want HTTP/%d", resp.Proto, p.wantMajor)
+	}
+
+	b.ReportAllocs()
+	opened := u.opened.Load()
+	b.ResetTimer()
+	if parallel {
+		b.SetParallelism(benchParallelism)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := benchGet(c.client, u.URL); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	} else {
+		for i := 0; i < b.N; i++ {
+			if err := benchGet(c.client, u.URL); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(u.opened.Load()-opened)/float64(b.N), "conns/op")
+
+	stop()
+	waitFor(b, "server sees all client connections closed", func() bool { return u.open() == 0 })
+}
+
+// benchGet sends one GET and reads and closes the body, as a well-behaved caller does.
+func benchGet(c *http.Client, url string) error {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || n != int64(len(benchBody)) {
+		return fmt.Errorf("got status %d and %d bytes, want 200 and %d", resp.StatusCode, n, len(benchBody))
+	}
+	return nil
+}
