@@ -78,6 +78,12 @@ func (o *owner) drain(ctx context.Context) error {
 	if o.stats.gate.Or(closedBit)&^closedBit == 0 {
 		o.signalDrained()
 	}
+	// A request in flight whose context ends is finished then, so that the drain does not
+	// wait for bodies their callers abandoned.
+	o.stopping.Store(true)
+	for _, b := range o.bodies.all() {
+		b.watch()
+	}
 	// 2. Drain, bounded by ctx and DrainTimeout.
 	if d := o.cfg.DrainTimeout; d > 0 {
 		var cancel context.CancelFunc

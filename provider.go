@@ -105,6 +105,7 @@ type owner struct {
 
 	certAsked atomic.Bool // an upstream asked for a client certificate and none is configured
 	bodies    bodyList    // response bodies in flight
+	stopping  atomic.Bool // stop has begun: new bodies watch their context
 	gate      *h2gate     // nil if HTTP/2 is off
 
 	drained   chan struct{} // closed once the gate is closed and nothing is in flight
@@ -131,6 +132,7 @@ func newOwner(cfg Config, log *zap.Logger) (*owner, error) {
 	}
 	o.conns.stats = o.stats
 	o.bodies.init()
+	o.stats.reap = func() { o.bodies.reap(-1) }
 	if !cfg.DisableHTTP2 {
 		o.gate = new(h2gate)
 		o.conns.onLast = o.gate.forget

@@ -20,6 +20,8 @@ type Stats struct {
 
 	mu        sync.Mutex
 	upstreams map[string]*upstreamStats // by name; written only while the graph is built
+
+	reap func() // finishes requests whose context ended; set before use
 }
 
 // Snapshot is a copy of the counters at one moment. Counters are read one by one, so under
@@ -51,6 +53,9 @@ type UpstreamSnapshot struct {
 func (s *Stats) Snapshot() Snapshot {
 	if s == nil {
 		return Snapshot{}
+	}
+	if s.reap != nil {
+		s.reap() // a request whose context ended is no longer in flight
 	}
 	var ups map[string]UpstreamSnapshot
 	s.mu.Lock()

@@ -94,24 +94,30 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		o.finish(cancel, up, false)
 		return resp, nil
 	}
+	// A request whose context ends (the caller cancelled, or a deadline passed) is finished
+	// even if the caller never reads or closes the body. After a 101, net/http no longer
+	// watches the context: the stream lives until it is closed.
+	var ctx context.Context
+	if resp.StatusCode != http.StatusSwitchingProtocols && req.Context().Done() != nil {
+		ctx = req.Context()
+	}
 	var b *body
-	upgraded := resp.StatusCode == http.StatusSwitchingProtocols
-	if w, ok := resp.Body.(io.ReadWriteCloser); ok && upgraded {
+	if w, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 		rw := &rwBody{body: body{rc: w, o: o, up: up, cancel: cancel}, w: w}
 		b, resp.Body = &rw.body, rw
 	} else {
-		b = &body{rc: resp.Body, o: o, up: up, cancel: cancel}
+		b = &body{rc: resp.Body, o: o, up: up, cancel: cancel, ctx: ctx}
 		resp.Body = b
 	}
 	if !o.bodies.add(b, seq) {
 		b.cut() // stop has cut the bodies in flight already
 		return resp, nil
 	}
-	if !upgraded && req.Context().Done() != nil {
-		// A request whose context ends (the caller cancelled, or a deadline passed) leaves the
-		// in-flight count at once, even if the caller never reads or closes the body. (After a
-		// 101, net/http no longer watches the context: the stream lives until it is closed.)
-		b.stop = context.AfterFunc(req.Context(), b.abort)
+	if ctx != nil && o.stopping.Load() {
+		b.watch() // stop is draining: it must see this request end when its context does
+	}
+	if seq%reapEvery == 0 {
+		o.bodies.reap(seq / reapEvery) // finish abandoned requests whose context ended
 	}
 	return resp, nil
 }
@@ -165,8 +171,13 @@ func (t *tracker) CloseIdleConnections() {
 }
 
 // body tracks a response body: the request stays in flight until the body is closed, read to
-// EOF or fails, whichever comes first. It is safe for a Close concurrent with a Read, as
-// net/http's bodies are.
+// EOF or fails, or the request's context ends, whichever comes first. It is safe for a Close
+// concurrent with a Read, as net/http's bodies are.
+//
+// A context that ends is noticed without a per-request registration, which would cost three
+// allocations on every request: Snapshot and stop look through the bodies in flight (reap),
+// a sample of requests does so for one shard, and while stop drains, each body in flight
+// registers with its context.
 type body struct {
 	prev, next *body      // in its shard of owner.bodies while in flight
 	shard      *bodyShard // nil until added
@@ -175,45 +186,44 @@ type body struct {
 	o      *owner
 	up     *upstream          // the upstream client that sent it; nil for the owned client
 	cancel context.CancelFunc // ends the request's own timeout context; nil if none
-	stop   func() bool        // unregisters abort from the request's context; nil if none
+	ctx    context.Context    // the request's context, if its end must finish the request
 	done   atomic.Bool
 }
 
 func (b *body) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	if err != nil {
-		b.end(err != io.EOF, true)
+		b.end(err != io.EOF)
 	}
 	return n, err
 }
 
 func (b *body) Close() error {
 	err := b.rc.Close()
-	b.end(false, true)
+	b.end(false)
 	return err
 }
 
-// abort runs, in a goroutine of its own, when the request's context ends before the body
-// does. It may run before RoundTrip has stored stop, so it does not read it.
-func (b *body) abort() { b.end(true, false) }
-
-// cut closes the body under the caller, who may never close it, so that net/http lets go of
-// its connection and goroutines, and finishes the request as failed. Stop calls it, maybe
-// while RoundTrip stores stop, so it does not read it either: abort, if registered, then
-// finds the request finished when the context ends.
-func (b *body) cut() {
-	b.rc.Close()
-	b.end(true, false)
+// watch finishes the request, in a goroutine of context's, when its context ends. The
+// registration is left to end with the context: stop calls it for bodies in flight only.
+func (b *body) watch() {
+	if b.ctx != nil {
+		context.AfterFunc(b.ctx, func() { b.end(true) })
+	}
 }
 
-// end finishes the request once, whichever of Read, Close, abort and cut comes first;
-// unregister says whether to unregister abort.
-func (b *body) end(failed, unregister bool) {
+// cut closes the body under the caller, who may never close it, so that net/http lets go of
+// its connection and goroutines, and finishes the request as failed.
+func (b *body) cut() {
+	b.rc.Close()
+	b.end(true)
+}
+
+// end finishes the request once, whichever of Read, Close, the context's end and cut comes
+// first.
+func (b *body) end(failed bool) {
 	if !b.done.CompareAndSwap(false, true) {
 		return
-	}
-	if unregister && b.stop != nil {
-		b.stop()
 	}
 	b.o.bodies.remove(b)
 	b.o.finish(b.cancel, b.up, failed)
@@ -283,6 +293,46 @@ func (l *bodyList) remove(b *body) {
 		b.prev, b.next = nil, nil
 	}
 	s.mu.Unlock()
+}
+
+// reapEvery is how often, in requests, one shard of the bodies in flight is looked through
+// for requests whose context ended, so that abandoned bodies do not pile up.
+const reapEvery = 1024
+
+// reap finishes the requests in flight whose context has ended: those of shard i, or of all
+// shards if i is negative.
+func (l *bodyList) reap(i int64) {
+	var ended []*body
+	for j := range l.shards {
+		if i >= 0 && int64(j) != i%bodyShards {
+			continue
+		}
+		s := &l.shards[j]
+		s.mu.Lock()
+		for b := s.head.next; b != &s.head; b = b.next {
+			if b.ctx != nil && b.ctx.Err() != nil {
+				ended = append(ended, b)
+			}
+		}
+		s.mu.Unlock()
+	}
+	for _, b := range ended {
+		b.end(true)
+	}
+}
+
+// all returns the bodies in flight.
+func (l *bodyList) all() []*body {
+	var out []*body
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		for b := s.head.next; b != &s.head; b = b.next {
+			out = append(out, b)
+		}
+		s.mu.Unlock()
+	}
+	return out
 }
 
 // close refuses further bodies and returns those in flight.
