@@ -533,9 +533,10 @@ func TestCancelMidBodyLeavesInFlight(t *testing.T) {
 		t.Errorf("stop: %v; want nil: the canceled request was no longer in flight", stopErr)
 	}
 
-	// A late read sees the cancellation; it and the close do not count the request out twice.
-	if _, err := io.ReadAll(resp.Body); !errors.Is(err, context.Canceled) {
-		t.Errorf("read after cancel: %v, want context.Canceled", err)
+	// A late read fails (net/http reports the cancellation, or the connection it closed for
+	// it, depending on timing); it and the close do not count the request out twice.
+	if _, err := io.ReadAll(resp.Body); !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read after cancel: %v, want context.Canceled or net.ErrClosed", err)
 	}
 	resp.Body.Close()
 	if s := g.Stats.Snapshot(); s.InFlight != 0 || s.Requests != 1 || s.Failed != 1 || s.Cut != 0 {
