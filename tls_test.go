@@ -176,6 +176,8 @@ func TestTLSSettings(t *testing.T) {
 	}
 	tls12 := newMTLSUpstream(t, p, false, "127.0.0.1")
 	tls12.TLS.MaxVersion = tls.VersionTLS12 // applies to new handshakes
+	tls11 := newMTLSUpstream(t, p, false, "127.0.0.1")
+	tls11.TLS.MinVersion, tls11.TLS.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
 
 	tests := []struct {
 		name    string
@@ -187,6 +189,7 @@ func TestTLSSettings(t *testing.T) {
 		{"without the override the name does not match", named.URL, func(c *httpfx.Config) { c.TLSCAPEM = string(caPEM) }, "cannot validate certificate for 127.0.0.1"},
 		{"TLS 1.2 is accepted by default", tls12.URL, func(c *httpfx.Config) { c.TLSCAPEM = string(caPEM) }, ""},
 		{"TLS 1.3 minimum refuses a 1.2 server", tls12.URL, func(c *httpfx.Config) { c.TLSCAPEM, c.TLSMinVersion = string(caPEM), "1.3" }, "protocol version"},
+		{"the default refuses a TLS 1.1 server", tls11.URL, func(c *httpfx.Config) { c.TLSCAPEM = string(caPEM) }, "protocol version"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -205,6 +208,7 @@ func TestTLSSettings(t *testing.T) {
 	}
 	named.requireNoConns(t)
 	tls12.requireNoConns(t)
+	tls11.requireNoConns(t)
 }
 
 func TestBadTLSConfigFailsFxNew(t *testing.T) {
