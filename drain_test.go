@@ -292,21 +292,7 @@ func TestEmptyBodyIsNotInFlight(t *testing.T) {
 // A 101 Switching Protocols body stays writable through the shared client and counts as in
 // flight until it is closed.
 func TestSwitchingProtocolsStaysWritable(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, rw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		rw.Flush()
-		line, err := rw.ReadString('\n')
-		if err != nil {
-			return
-		}
-		rw.WriteString("echo: " + line)
-		rw.Flush()
-	}))
+	u := newUpstream(t, echoUpgradeHandler(nil))
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g))
 	app.RequireStart()

@@ -206,23 +206,7 @@ func TestUpstreamHeaderCase(t *testing.T) {
 // A 101 stream outlives Config.Timeout (net/http stops watching the request's context after
 // the upgrade), stays in flight until closed, and so is drained at stop.
 func TestUpgradedStreamOutlivesTimeout(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, rw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		rw.Flush()
-		for {
-			line, err := rw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			rw.WriteString(line)
-			rw.Flush()
-		}
-	}))
+	u := newUpstream(t, echoUpgradeHandler(nil))
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withConfig(func(c *httpfx.Config) { c.Timeout = 200 * time.Millisecond }))
 	app.RequireStart()
@@ -236,7 +220,7 @@ func TestUpgradedStreamOutlivesTimeout(t *testing.T) {
 	stream := resp.Body.(io.ReadWriteCloser)
 	time.Sleep(400 * time.Millisecond) // past Timeout
 	io.WriteString(stream, "still here\n")
-	if line, err := bufio.NewReader(stream).ReadString('\n'); err != nil || line != "still here\n" {
+	if line, err := bufio.NewReader(stream).ReadString('\n'); err != nil || line != "echo: still here\n" {
 		t.Fatalf("stream past Timeout: %q, %v", line, err)
 	}
 	if n := g.Stats.Snapshot().InFlight; n != 1 {

@@ -549,30 +549,7 @@ func TestCancelMidBodyLeavesInFlight(t *testing.T) {
 // open and it keeps working both ways; past the drain bound, stop cuts it.
 func TestSwitchingProtocolsAtStop(t *testing.T) {
 	var live atomic.Int64 // hijacked connections whose handler has not returned
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/probe" {
-			return
-		}
-		conn, rw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		live.Add(1)
-		defer live.Add(-1)
-		defer conn.Close()
-		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		rw.Flush()
-		for {
-			line, err := rw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			rw.WriteString("echo: " + line)
-			if rw.Flush() != nil {
-				return
-			}
-		}
-	}))
+	u := newUpstream(t, echoUpgradeHandler(&live))
 	open := func(t *testing.T, c *http.Client) (io.ReadWriteCloser, *bufio.Reader) {
 		req := newGet(t, u.URL)
 		req.Header.Set("Connection", "Upgrade")
