@@ -29,7 +29,7 @@ type Stats struct {
 // an instant, a request that is being refused with ErrClosed.
 type Snapshot struct {
 	Requests    int64 // requests admitted
-	InFlight    int64 // admitted requests whose response body is not yet closed, read to EOF or failed
+	InFlight    int64 // admitted requests not yet finished: body not closed, read to EOF or failed, context not ended
 	Failed      int64 // admitted requests that ended with an error (round trip or body read)
 	Rejected    int64 // requests refused with ErrClosed because the client was stopped
 	ConnsOpened int64 // connections the owned transport dialled
