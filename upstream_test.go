@@ -13,6 +13,8 @@ import (
 	"github.com/httpfx/httpfx"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // echoHandler answers with the request's path and the headers named in the test.
@@ -310,5 +312,19 @@ func TestBadUpstreamFailsFxNew(t *testing.T) {
 				t.Errorf("error leaks the URL's password: %v", err)
 			}
 		})
+	}
+}
+
+// A configured upstream that no component uses is reported at start.
+func TestUnusedUpstreamIsReported(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Supply(zap.New(core)),
+		withConfig(func(c *httpfx.Config) {
+			c.Upstreams = map[string]httpfx.UpstreamConfig{"ghost": {BaseURL: "https://ghost.internal"}}
+		}))
+	app.RequireStart().RequireStop()
+	entries := logs.FilterMessageSnippet("no component takes a client of that name").All()
+	if len(entries) != 1 || entries[0].ContextMap()["upstream"] != "ghost" {
+		t.Errorf("warnings %v, want one naming the unused upstream", entries)
 	}
 }
