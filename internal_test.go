@@ -1,7 +1,10 @@
 package httpfx
 
 import (
+	"context"
+	"io"
 	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -59,5 +62,37 @@ func TestKeepsCredentials(t *testing.T) {
 		if got := keepsCredentials(from, to); got != tt.want {
 			t.Errorf("keepsCredentials(%s, %s) = %v, want %v", tt.from, tt.to, got, tt.want)
 		}
+	}
+}
+
+// Abandoned bodies whose context ended are finished by the sampled reap of their shard, so
+// they do not pile up in a service that never calls Snapshot or stops.
+func TestSampledReapFinishesAbandonedBodies(t *testing.T) {
+	o, err := newOwner(DefaultConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	seq, ok := o.admit()
+	if !ok {
+		t.Fatal("not admitted")
+	}
+	b := &body{rc: io.NopCloser(strings.NewReader("")), o: o, ctx: ctx}
+	if !o.bodies.add(b, seq) {
+		t.Fatal("body refused")
+	}
+	o.bodies.reap(seq + 1) // another shard: untouched
+	o.bodies.reap(seq)
+	if n := o.stats.gate.Load(); n != 1 {
+		t.Fatalf("in flight = %d before the context ends, want 1", n)
+	}
+	cancel()
+	o.bodies.reap(seq + 1)
+	if n := o.stats.gate.Load(); n != 1 {
+		t.Fatalf("reaping another shard finished the body: in flight = %d", n)
+	}
+	o.bodies.reap(seq)
+	if n, f := o.stats.gate.Load(), o.stats.failed.Load(); n != 0 || f != 1 || len(o.bodies.all()) != 0 {
+		t.Errorf("after the reap: in flight %d, failed %d, %d bodies listed; want 0, 1, 0", n, f, len(o.bodies.all()))
 	}
 }
