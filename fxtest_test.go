@@ -277,8 +277,15 @@ func TestDecorateWrapRoundTripper(t *testing.T) {
 	if wrapper.calls.Load() != 1 {
 		t.Fatalf("wrapper saw %d requests, want 1", wrapper.calls.Load())
 	}
-	// The owned client's CloseIdleConnections reaches the owned transport through the wrapper.
+	// A consumer's CloseIdleConnections leaves the shared pool alone and is counted; the
+	// owner's flush reaches the owned transport through the wrapper.
 	g.Client.CloseIdleConnections()
+	if s := g.Stats.Snapshot(); s.CloseIdleIgnored != 1 || s.ConnsOpen != 1 {
+		t.Errorf("after a consumer's CloseIdleConnections: ignored %d, open %d; want 1 and 1", s.CloseIdleIgnored, s.ConnsOpen)
+	}
+	if err := httpfx.CloseIdleConnections(g.Client); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "the idle connection is closed through the wrapper", func() bool { return u.open() == 0 })
 
 	// Drain still covers requests through the wrapper.

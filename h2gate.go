@@ -2,6 +2,7 @@ package httpfx
 
 import (
 	"context"
+	"crypto/tls"
 	"maps"
 	"net"
 	"net/http"
@@ -18,7 +19,8 @@ import (
 // so N concurrent first requests dial N connections; if the host speaks HTTP/2, all but one
 // are closed again (golang/go#27753): a handshake storm and TIME_WAIT churn on every cold
 // start. The gate lets the first request to a host it does not know go alone (the leader)
-// until it has its response, or h2Settle past its connection; the others (followers) wait,
+// until it has its response, or h2Settle past its connection, or at once if its connection
+// negotiated HTTP/1.1 (nothing can be shared then); the others (followers) wait,
 // as long as their context allows, then go: over the HTTP/2 connection now pooled, or, for an
 // HTTP/1.1 host, dialling as they need. The host is forgotten when its last connection
 // closes, so that a burst after an idle spell is gated too. A WebSocket upgrade, which
@@ -71,7 +73,12 @@ func (g *h2gate) enter(req *http.Request) (*http.Request, *h2lead, error) {
 			}
 			g.leading[key] = l
 			g.mu.Unlock()
-			trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
+			trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+				if !speaksH2(info.Conn) {
+					// Nothing to share: HTTP/1.1 followers dial as they need, at once.
+					g.leave(key, l, true)
+					return
+				}
 				g.mu.Lock()
 				defer g.mu.Unlock()
 				if g.leading[key] == l && l.timer == nil {
@@ -145,6 +152,15 @@ func (g *h2gate) knownMap() map[string]struct{} {
 func (g *h2gate) isKnown(key string) bool {
 	_, ok := g.knownMap()[key]
 	return ok
+}
+
+// speaksH2 reports whether c negotiated HTTP/2 with ALPN. A connection that does not say (not
+// TLS) counts as HTTP/2, so that the gate keeps its settle time.
+func speaksH2(c net.Conn) bool {
+	if tc, ok := c.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		return tc.ConnectionState().NegotiatedProtocol == "h2"
+	}
+	return true
 }
 
 // isWebSocket reports whether req asks for a WebSocket upgrade, which net/http sends over a

@@ -77,7 +77,7 @@ func TestColdBurstDialsOnceForHTTP2(t *testing.T) {
 			// Empty the pool, so that the next burst is cold again. (An HTTP/2 connection is
 			// idle only once its streams are cleaned up, a moment after the last body.)
 			waitFor(t, "the connection closes", func() bool {
-				g.Client.CloseIdleConnections()
+				httpfx.CloseIdleConnections(g.Client)
 				return g.Stats.Snapshot().ConnsOpen == 0
 			})
 		}

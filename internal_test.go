@@ -2,9 +2,13 @@ package httpfx
 
 import (
 	"context"
+	"crypto/x509"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -94,5 +98,56 @@ func TestSampledReapFinishesAbandonedBodies(t *testing.T) {
 	o.bodies.reap(seq)
 	if n, f := o.stats.gate.Load(), o.stats.failed.Load(); n != 0 || f != 1 || len(o.bodies.all()) != 0 {
 		t.Errorf("after the reap: in flight %d, failed %d, %d bodies listed; want 0, 1, 0", n, f, len(o.bodies.all()))
+	}
+}
+
+// The cold-start gate releases the followers as soon as the leader's connection negotiated
+// HTTP/1.1, where nothing can be shared, instead of holding them for its response.
+func TestGateReleasesFollowersOfHTTP1Leader(t *testing.T) {
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			once.Do(func() { close(held) })
+			<-release
+		}
+		io.WriteString(w, r.Proto)
+	}))
+	srv.EnableHTTP2 = false
+	srv.StartTLS()
+	defer srv.Close()
+	r, err := New(Params{Config: DefaultConfig()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Transport.TLSClientConfig.RootCAs = x509.NewCertPool()
+	r.Transport.TLSClientConfig.RootCAs.AddCert(srv.Certificate())
+	o := ownerOf(r.Client)
+
+	leader := make(chan error, 1)
+	go func() {
+		resp, err := r.Client.Get(srv.URL + "/hold")
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		leader <- err
+	}()
+	<-held // the leader has its connection and waits for its response
+	host := strings.TrimPrefix(srv.URL, "https://")
+	if !o.gate.isKnown(host) {
+		t.Errorf("the leader's HTTP/1.1 connection did not release the gate of %s", host)
+	}
+	resp, err := r.Client.Get(srv.URL + "/quick")
+	if err != nil {
+		t.Fatalf("follower: %v", err)
+	}
+	resp.Body.Close()
+	close(release)
+	if err := <-leader; err != nil {
+		t.Errorf("leader: %v", err)
+	}
+	if err := Shutdown(context.Background(), r.Client); err != nil {
+		t.Error(err)
 	}
 }

@@ -28,10 +28,10 @@ type owner struct {
 	inGraph  *http.Client    // the *http.Client the graph hands out (Module only)
 	nextType string          // the type of the round tripper under the client, for the start log
 
-	certAsked atomic.Bool // an upstream asked for a client certificate and none is configured
-	bodies    bodyList    // response bodies in flight
-	stopping  atomic.Bool // stop has begun: new bodies watch their context
-	gate      *h2gate     // nil if HTTP/2 is off
+	hint     *certHint   // explains mutual-TLS failures; nil if a client certificate is configured
+	bodies   bodyList    // response bodies in flight
+	stopping atomic.Bool // stop has begun: new bodies watch their context
+	gate     *h2gate     // nil if HTTP/2 is off
 
 	drained   chan struct{} // closed once the gate is closed and nothing is in flight
 	drainOnce sync.Once
@@ -83,7 +83,7 @@ func (o *owner) finish(cancel context.CancelFunc, up *upstream, failed bool) {
 		cancel()
 	}
 	if up != nil {
-		up.done(failed)
+		up.done(failed, true)
 	}
 	if failed {
 		o.stats.failed.Add(1)
@@ -96,6 +96,14 @@ func (o *owner) finish(cancel context.CancelFunc, up *upstream, failed bool) {
 func (o *owner) release() {
 	if o.stats.gate.Add(-1) == closedBit {
 		o.signalDrained()
+	}
+}
+
+// ignoreCloseIdle counts a consumer's CloseIdleConnections call, which must not empty the
+// shared pool, and logs the first one.
+func (o *owner) ignoreCloseIdle() {
+	if o.stats.closeIdleIgnored.Add(1) == 1 {
+		o.log.Info("httpfx ignored CloseIdleConnections on a shared client: the pool is shared by every component; the app owner flushes it with httpfx.CloseIdleConnections (further calls are only counted, in Stats)")
 	}
 }
 

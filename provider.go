@@ -63,22 +63,43 @@ func New(p Params) (Result, error) {
 }
 
 // Shutdown runs the stop sequence of a client that New, the Module or Upstream built (for an
-// upstream client, that of the module it shares): it refuses new
-// requests with ErrClosed, waits for in-flight requests and their response bodies (bounded by
+// upstream client, that of the module it shares): it refuses new requests with ErrClosed, waits for in-flight requests and their response bodies (bounded by
 // ctx and Config.DrainTimeout), closes the owned transport's connections, and returns an
 // error wrapping ctx's error and saying how many requests it cut if the bound expired. It is
 // the same as the OnStop hook and only the first call, of either, does the work; later calls
 // return its result. For a client httpfx did not build it returns an error and does nothing.
 func Shutdown(ctx context.Context, c *http.Client) error {
+	if o := ownerOf(c); o != nil {
+		return o.stop(ctx)
+	}
+	return errors.New("httpfx: shutdown: the client was not built by httpfx, which closes only what it created")
+}
+
+// CloseIdleConnections closes the idle connections of the transport httpfx owns, the pool
+// that c (a client New, the Module or Upstream built) shares with every other client of its
+// module: the app owner's deliberate flush, for example after a network change. Connections
+// in use are left alone. A consumer's c.CloseIdleConnections() does not do this: it is
+// ignored and counted (the README's ownership rule 5). For a client httpfx did not build it
+// returns an error and does nothing. It is safe for concurrent use.
+func CloseIdleConnections(c *http.Client) error {
+	if o := ownerOf(c); o != nil {
+		o.transport.CloseIdleConnections()
+		return nil
+	}
+	return errors.New("httpfx: close idle connections: the client was not built by httpfx, which closes only what it created")
+}
+
+// ownerOf returns the owner of a client httpfx built, or nil.
+func ownerOf(c *http.Client) *owner {
 	if c != nil {
 		switch t := c.Transport.(type) {
 		case *tracker:
-			return t.o.stop(ctx)
+			return t.o
 		case *upstream:
-			return t.t.o.stop(ctx)
+			return t.t.o
 		}
 	}
-	return errors.New("httpfx: shutdown: the client was not built by httpfx, which closes only what it created")
+	return nil
 }
 
 // newTransport builds the tuned transport: a clone of http.DefaultTransport's settings (never
@@ -120,14 +141,10 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 			dial = (&net.Dialer{}).DialContext
 		}
 		t.DialContext = o.conns.wrap(dial)
-		// Note a server's request for a client certificate when none is configured, so that
-		// the error of a mutual-TLS failure can say why. Installed now, after decorators,
-		// because crypto/tls ignores Certificates once GetClientCertificate is set.
-		if tc := t.TLSClientConfig; tc != nil && len(tc.Certificates) == 0 && tc.GetClientCertificate == nil {
-			tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-				o.certAsked.Store(true)
-				return new(tls.Certificate), nil // none, as without this hook
-			}
+		// Note which servers ask for a client certificate when none is configured, so that
+		// the error of a mutual-TLS failure can say why. Installed now, after decorators.
+		if h := new(certHint); h.install(t.TLSClientConfig) {
+			o.hint = h
 		}
 	}
 	o.inUse = t

@@ -18,6 +18,8 @@ type Stats struct {
 	open     atomic.Int64
 	cut      atomic.Int64
 
+	closeIdleIgnored atomic.Int64
+
 	mu        sync.Mutex
 	upstreams map[string]*upstreamStats // by name; written only while the graph is built
 
@@ -29,12 +31,16 @@ type Stats struct {
 // an instant, a request that is being refused with ErrClosed.
 type Snapshot struct {
 	Requests    int64 // requests admitted
-	InFlight    int64 // admitted requests not yet finished: body not closed, read to EOF or failed, context not ended
+	InFlight    int64 // admitted requests not yet finished: from admission (waiting for an upstream's slot or a connection included) until the body is closed, read to EOF or fails, or the context ends
 	Failed      int64 // admitted requests that ended with an error (round trip or body read)
 	Rejected    int64 // requests refused with ErrClosed because the client was stopped
 	ConnsOpened int64 // connections the owned transport dialled
 	ConnsOpen   int64 // connections of the owned transport open now
 	Cut         int64 // in-flight requests cut because the drain bound expired at stop
+
+	// CloseIdleIgnored counts CloseIdleConnections calls on clients httpfx built, which do
+	// not empty the shared pool (see CloseIdleConnections, the function).
+	CloseIdleIgnored int64
 
 	// Upstreams holds the counters of each upstream client (see Upstream), by name; nil if
 	// there is none. They are part of the totals above.
@@ -45,8 +51,9 @@ type Snapshot struct {
 // clients, so they are counted only in Snapshot's totals.
 type UpstreamSnapshot struct {
 	Requests int64 // requests admitted
-	InFlight int64 // admitted requests not yet finished
-	Failed   int64 // admitted requests that ended with an error
+	InFlight int64 // admitted requests not yet finished, as Snapshot.InFlight counts them: Waiting included
+	Waiting  int64 // of InFlight, requests waiting for a slot of the upstream's MaxConnsPerHost
+	Failed   int64 // admitted requests that ended with an error, a give-up while waiting included
 }
 
 // Snapshot returns the current counters. It is safe for concurrent use.
@@ -62,7 +69,7 @@ func (s *Stats) Snapshot() Snapshot {
 	if len(s.upstreams) > 0 {
 		ups = make(map[string]UpstreamSnapshot, len(s.upstreams))
 		for name, u := range s.upstreams {
-			ups[name] = UpstreamSnapshot{Requests: u.requests.Load(), InFlight: u.inFlight.Load(), Failed: u.failed.Load()}
+			ups[name] = UpstreamSnapshot{Requests: u.requests.Load(), InFlight: u.inFlight.Load(), Waiting: u.waiting.Load(), Failed: u.failed.Load()}
 		}
 	}
 	s.mu.Unlock()
@@ -75,6 +82,8 @@ func (s *Stats) Snapshot() Snapshot {
 		ConnsOpened: s.opened.Load(),
 		ConnsOpen:   s.open.Load(),
 		Cut:         s.cut.Load(),
+
+		CloseIdleIgnored: s.closeIdleIgnored.Load(),
 	}
 }
 

@@ -146,7 +146,7 @@ func TestMutualTLSOverHTTP2(t *testing.T) {
 		{"with the client certificate", func(c *httpfx.Config) {
 			c.TLSCAFile, c.TLSCAOnly, c.TLSCertFile, c.TLSKeyFile = p.CAFile, true, certFile, keyFile
 		}, "HTTP/2.0", ""},
-		{"without it", func(c *httpfx.Config) { c.TLSCAFile, c.TLSCAOnly = p.CAFile, true }, "", "an upstream asked for a client certificate and none is configured"},
+		{"without it", func(c *httpfx.Config) { c.TLSCAFile, c.TLSCAOnly = p.CAFile, true }, "", "asked for a client certificate and none is configured"},
 		{"without the CA", func(c *httpfx.Config) { c.TLSCertFile, c.TLSKeyFile = certFile, keyFile }, "", "certificate signed by unknown authority"},
 	}
 	for _, tt := range tests {
@@ -266,3 +266,35 @@ func TestInsecureSkipVerifyWarnsAtEveryStart(t *testing.T) {
 }
 
 func nopLog() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// The mutual-TLS hint names the host that asked for a certificate, and only that host: an
+// unrelated host that cuts the connection gets no hint.
+func TestClientCertificateHintIsPerHost(t *testing.T) {
+	p := newPKI(t)
+	asker := newMTLSUpstream(t, p, false, "127.0.0.1")
+	asker.TLS.ClientAuth = tls.RequestClientCert // asks, does not require
+	cert, _, _ := p.issue("cutter", "127.0.0.1")
+	cutter := &upstream{Server: httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			conn.Close() // cut, without asking for anything
+		}
+	}))}
+	cutter.Config.ConnState = cutter.track
+	cutter.Config.ErrorLog = nopLog()
+	cutter.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	cutter.StartTLS()
+	t.Cleanup(cutter.Close)
+
+	var client *http.Client
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Populate(&client),
+		withConfig(func(c *httpfx.Config) { c.TLSCAFile = p.CAFile }))
+	app.RequireStart()
+	mustGet(t, client, asker.URL) // asker asked for a certificate, and served without one
+	_, err := get(client, cutter.URL)
+	if err == nil || strings.Contains(err.Error(), "client certificate") {
+		t.Errorf("a host that never asked cut the connection: %v, want an error without the mutual-TLS hint", err)
+	}
+	app.RequireStop()
+	asker.requireNoConns(t)
+	cutter.requireNoConns(t)
+}

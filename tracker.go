@@ -3,11 +3,8 @@ package httpfx
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"strings"
-	"syscall"
 	"time"
 )
 
@@ -63,13 +60,16 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	}
 	if up != nil {
 		up.stats.requests.Add(1)
+		up.stats.inFlight.Add(1) // in flight from admission, as in the totals: waiting included
 		if err := up.acquire(req.Context()); err != nil {
-			up.stats.failed.Add(1)
+			up.done(true, false)
 			closeBody(req)
 			o.finish(cancel, nil, true)
 			return nil, err
 		}
-		up.stats.inFlight.Add(1)
+	}
+	if o.hint != nil {
+		req = o.hint.mark(req)
 	}
 	var lead *h2lead
 	if o.gate != nil && req.URL.Scheme == "https" {
@@ -86,7 +86,13 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	}
 	if err != nil { // next has closed the request body
 		o.finish(cancel, up, true)
-		return nil, o.explain(req, err)
+		if o.hint != nil {
+			err = o.hint.explain(req, err)
+		}
+		return nil, err
+	}
+	if o.hint != nil {
+		o.hint.answer(req)
 	}
 	if resp.Body == nil || resp.Body == http.NoBody {
 		o.finish(cancel, up, false)
@@ -138,32 +144,9 @@ func withHeader(req *http.Request, k, v string) *http.Request {
 	return &r
 }
 
-// explain adds to a request's error what net/http cannot say: a TLS 1.3 server that rejects
-// the client's certificate closes the connection right after the handshake, and the client
-// sees only a broken or unusable connection. If an upstream asked for a client certificate
-// and none is configured, such an error of an HTTPS request says so.
-func (o *owner) explain(req *http.Request, err error) error {
-	if !o.certAsked.Load() || req.URL.Scheme != "https" || !looksCut(err) {
-		return err
-	}
-	return fmt.Errorf("httpfx: an upstream asked for a client certificate and none is configured; if this one requires it (mutual TLS), set TLSCertFile and TLSKeyFile: %w", err)
-}
-
-// looksCut reports whether err is what a peer closing a fresh connection looks like.
-func looksCut(err error) bool {
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
-		return true
-	}
-	msg := err.Error()
-	return strings.Contains(msg, "remote error: tls:") || strings.Contains(msg, "http2: client conn")
-}
-
-// CloseIdleConnections closes the idle connections of the transport httpfx built, however the
-// round tripper was wrapped, and forwards to the round tripper in use if it is another one and
-// has the method: a call on the owned client is the caller's own request.
-func (t *tracker) CloseIdleConnections() {
-	t.o.transport.CloseIdleConnections()
-	if ci, ok := t.next.(interface{ CloseIdleConnections() }); ok && t.next != http.RoundTripper(t.o.transport) {
-		ci.CloseIdleConnections()
-	}
-}
+// CloseIdleConnections does not close anything: the pool is shared by every component of
+// the process, and libraries call this on clients they are handed (go-retryablehttp does
+// whenever a request gives up), which would throw away everyone's connections. The call is
+// counted in Stats (CloseIdleIgnored) and the first one is logged. httpfx's stop closes the
+// pool; the app's owner flushes it on purpose with the package-level CloseIdleConnections.
+func (t *tracker) CloseIdleConnections() { t.o.ignoreCloseIdle() }

@@ -21,8 +21,10 @@ import (
 type UpstreamConfig struct {
 	// BaseURL is the upstream's http or https URL, such as "https://payments.internal/api/".
 	// Relative request URLs resolve against it as a browser resolves links: "v1/charges"
-	// appends to its path, "/v1/charges" replaces the path. It must not hold credentials
-	// (use Headers), a query or a fragment.
+	// appends to its path, "/v1/charges" replaces the path, "//host:port/x" takes its scheme.
+	// A redirect's Location resolves against the absolute URL of the hop that answered it, so
+	// "Location: y" after "v1/x" lands on "/api/v1/y". It must not hold credentials (use
+	// Headers), a query or a fragment.
 	BaseURL string `yaml:"base_url" json:"base_url"`
 
 	// Headers are set on every request to BaseURL's scheme and host that does not set them
@@ -45,15 +47,25 @@ type UpstreamConfig struct {
 // connection pool, the drain at stop, ErrClosed after stop and the counters, and it adds
 // cfg's base URL, headers, timeout and connection limit. An entry for name in
 // Config.Upstreams overrides cfg's fields that it sets. An invalid name or configuration
-// fails fx.New with an error naming the upstream and the field. Use it beside Module.
+// fails fx.New with an error naming the upstream and the field, whether or not a component
+// takes the client yet. Use it beside Module.
 func Upstream(name string, cfg UpstreamConfig) fx.Option {
 	if !upstreamName.MatchString(name) {
 		return fx.Error(fmt.Errorf("httpfx: upstream name %q: want lower-case letters, digits, '-' and single '_', starting with a letter", name))
 	}
-	return fx.Provide(fx.Annotate(
-		func(t *tracker) (*http.Client, error) { return t.o.newUpstream(name, cfg) },
-		fx.ResultTags(`name:"`+name+`"`),
-	))
+	if err := cfg.validate(name, false); err != nil { // BaseURL may come from Config.Upstreams
+		return fx.Error(err)
+	}
+	tag := `name:"` + name + `"`
+	return fx.Options(
+		fx.Provide(fx.Annotate(
+			func(t *tracker) (*http.Client, error) { return t.o.newUpstream(name, cfg) },
+			fx.ResultTags(tag),
+		)),
+		// Build the client with the graph, so that a bad merged configuration fails fx.New
+		// even before a component takes the client.
+		fx.Invoke(fx.Annotate(func(*http.Client) {}, fx.ParamTags(tag))),
+	)
 }
 
 // upstreamName is what an upstream name may look like: it is a YAML key, part of an
@@ -100,16 +112,18 @@ func (u UpstreamConfig) validate(name string, complete bool) error {
 	return errors.Join(errs...)
 }
 
-// overlay returns u with the fields that file sets.
+// overlay returns u with the fields that file sets. Headers merge by canonical name, the
+// file's value winning; each side has been validated to name every header once, so the result
+// does not depend on map order.
 func (u UpstreamConfig) overlay(file UpstreamConfig) UpstreamConfig {
 	if file.BaseURL != "" {
 		u.BaseURL = file.BaseURL
 	}
-	if len(file.Headers) > 0 { // merged by canonical name, the file's last
+	if len(file.Headers) > 0 {
 		h := make(map[string]string, len(u.Headers)+len(file.Headers))
 		for _, m := range []map[string]string{u.Headers, file.Headers} {
-			for k, v := range m {
-				h[http.CanonicalHeaderKey(k)] = v
+			for _, k := range slices.Sorted(maps.Keys(m)) {
+				h[http.CanonicalHeaderKey(k)] = m[k]
 			}
 		}
 		u.Headers = h
@@ -166,10 +180,15 @@ var _ http.RoundTripper = (*upstream)(nil)
 
 // upstreamStats are the counters of one upstream client.
 type upstreamStats struct {
-	requests, inFlight, failed atomic.Int64
+	requests, inFlight, waiting, failed atomic.Int64
 }
 
 func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, error) {
+	// Each side on its own first: the merge canonicalizes header names, which would hide two
+	// spellings of one header given on the same side.
+	if err := code.validate(name, false); err != nil {
+		return nil, err
+	}
 	cfg := code.overlay(o.cfg.Upstreams[name])
 	if err := cfg.validate(name, true); err != nil {
 		return nil, err
@@ -195,7 +214,7 @@ func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, err
 
 // RoundTrip implements http.RoundTripper.
 func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Host == "" && req.URL.Scheme == "" {
+	if req.URL.Scheme == "" { // relative, or scheme-relative ("//host/x"): the base's scheme
 		r := *req
 		r.URL = u.base.ResolveReference(req.URL)
 		req = &r
@@ -217,13 +236,20 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	return u.t.roundTrip(req, u)
 }
 
-// acquire waits, as long as ctx allows, until the upstream has room for one more request.
-// The tracker calls it after admission, so that stop refuses new requests at once and the
-// upstream's Timeout covers the wait.
+// acquire waits, as long as ctx allows, until the upstream has room for one more request,
+// counting the request as waiting meanwhile. The tracker calls it after admission, so that
+// stop refuses new requests at once and the upstream's Timeout covers the wait.
 func (u *upstream) acquire(ctx context.Context) error {
 	if u.slots == nil {
 		return nil
 	}
+	select {
+	case u.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	u.stats.waiting.Add(1)
+	defer u.stats.waiting.Add(-1)
 	select {
 	case u.slots <- struct{}{}:
 		return nil
@@ -233,20 +259,21 @@ func (u *upstream) acquire(ctx context.Context) error {
 	}
 }
 
-// done counts an upstream request out of flight.
-func (u *upstream) done(failed bool) {
+// done counts an upstream request out of flight and frees its slot; acquired is false for a
+// request that gave up waiting for one.
+func (u *upstream) done(failed, acquired bool) {
 	if failed {
 		u.stats.failed.Add(1)
 	}
 	u.stats.inFlight.Add(-1)
-	if u.slots != nil {
+	if u.slots != nil && acquired {
 		<-u.slots
 	}
 }
 
-// CloseIdleConnections closes the idle connections of the shared pool, as the owned client's
-// does.
-func (u *upstream) CloseIdleConnections() { u.t.CloseIdleConnections() }
+// CloseIdleConnections is ignored and counted, as on the shared client: an upstream client
+// shares the process's pool.
+func (u *upstream) CloseIdleConnections() { u.t.o.ignoreCloseIdle() }
 
 // sameOrigin reports whether a and b have the same scheme, host and port.
 func sameOrigin(a, b *url.URL) bool {

@@ -328,3 +328,186 @@ func TestUnusedUpstreamIsReported(t *testing.T) {
 		t.Errorf("warnings %v, want one naming the unused upstream", entries)
 	}
 }
+
+// Every hop of an upstream client's redirect chain resolves against the previous hop's
+// absolute URL, so that a relative Location stays under the base path and keeps the headers.
+func TestUpstreamRelativeRedirectStaysUnderBase(t *testing.T) {
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		loc := map[string]string{
+			"/base/v1/x":     "y",
+			"/base/v1/q":     "?page=2",
+			"/base/v1/a":     "b",
+			"/base/v1/b":     "../c",
+			"/base/v1/slash": "/base/top",
+		}[r.URL.Path]
+		if loc != "" && r.URL.RawQuery == "" {
+			w.Header().Set("Location", loc)
+			w.WriteHeader(http.StatusFound)
+			return
+		}
+		io.WriteString(w, r.URL.RequestURI()+" auth="+r.Header.Get("Authorization"))
+	}))
+	var got upstreams
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module,
+		httpfx.Upstream("payments", httpfx.UpstreamConfig{
+			BaseURL: u.URL + "/base/",
+			Headers: map[string]string{"Authorization": "Bearer pay-secret"},
+		}),
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL}),
+		fx.Populate(&got),
+	)
+	app.RequireStart()
+	tests := []struct {
+		give string
+		want string
+	}{
+		{"v1/x", "/base/v1/y auth=Bearer pay-secret"},
+		{"v1/q", "/base/v1/q?page=2 auth=Bearer pay-secret"},
+		{"v1/a", "/base/c auth=Bearer pay-secret"}, // two hops: y then ../c
+		{"v1/slash", "/base/top auth=Bearer pay-secret"},
+		{u.URL + "/base/v1/x", "/base/v1/y auth=Bearer pay-secret"},
+	}
+	for _, tt := range tests {
+		if body := mustGet(t, got.Payments, tt.give); body != tt.want {
+			t.Errorf("GET %s = %q, want %q", tt.give, body, tt.want)
+		}
+	}
+	app.RequireStop()
+	u.requireNoConns(t)
+}
+
+// A scheme-relative URL takes the base's scheme, and the headers if it names the base's host.
+func TestUpstreamSchemeRelativeURL(t *testing.T) {
+	u := newUpstream(t, echoHandler())
+	other := newUpstream(t, echoHandler())
+	var got upstreams
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module,
+		httpfx.Upstream("payments", httpfx.UpstreamConfig{
+			BaseURL: u.URL + "/api/",
+			Headers: map[string]string{"Authorization": "Bearer pay-secret"},
+		}),
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL}),
+		fx.Populate(&got),
+	)
+	app.RequireStart()
+	tests := []struct {
+		give string
+		want string
+	}{
+		{"//" + u.Listener.Addr().String() + "/x", "/x auth=Bearer pay-secret v="},
+		{"//" + other.Listener.Addr().String() + "/x", "/x auth= v="},
+	}
+	for _, tt := range tests {
+		if body := mustGet(t, got.Payments, tt.give); body != tt.want {
+			t.Errorf("GET %s = %q, want %q", tt.give, body, tt.want)
+		}
+	}
+	app.RequireStop()
+	u.requireNoConns(t)
+	other.requireNoConns(t)
+}
+
+// Requests waiting for an upstream's MaxConnsPerHost slot are in flight in the upstream's
+// counters as in the totals, and counted as waiting.
+func TestUpstreamInFlightCountsWaiting(t *testing.T) {
+	hold := newGate()
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hold.wait()
+		io.WriteString(w, "ok")
+	}))
+	var got upstreams
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module,
+		httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: u.URL, MaxConnsPerHost: 1}),
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL}),
+		fx.Populate(&got),
+	)
+	app.RequireStart()
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mustGet(t, got.Payments, "/")
+		}()
+	}
+	waitFor(t, "one request at the server, one waiting for the slot", func() bool {
+		return hold.waiting.Load() == 1 && got.Stats.Snapshot().Upstreams["payments"].Waiting == 1
+	})
+	s := got.Stats.Snapshot()
+	if p := s.Upstreams["payments"]; p.InFlight != 2 || s.InFlight != 2 {
+		t.Errorf("in flight: upstream %d (waiting %d), total %d; want 2, 1, 2", p.InFlight, p.Waiting, s.InFlight)
+	}
+	hold.release()
+	wg.Wait()
+	if p := got.Stats.Snapshot().Upstreams["payments"]; p.InFlight != 0 || p.Waiting != 0 || p.Requests != 2 {
+		t.Errorf("after: %+v, want 2 requests, none in flight or waiting", p)
+	}
+	app.RequireStop()
+	u.requireNoConns(t)
+}
+
+// A declared upstream is validated when the graph is built, whether or not a component takes
+// its client; duplicate header names are rejected on every path, and the file's value wins.
+func TestUpstreamValidatedWithoutConsumer(t *testing.T) {
+	file := func(h map[string]string) fx.Option {
+		return fx.Decorate(func(c httpfx.Config) httpfx.Config {
+			c.Upstreams = map[string]httpfx.UpstreamConfig{"payments": {Headers: h}}
+			return c
+		})
+	}
+	tests := []struct {
+		name string
+		give fx.Option
+		want string
+	}{
+		{"missing base URL", httpfx.Upstream("payments", httpfx.UpstreamConfig{}),
+			`upstream "payments": BaseURL is empty`},
+		{"bad file entry", fx.Options(
+			httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay"}),
+			fx.Decorate(func(c httpfx.Config) httpfx.Config {
+				c.Upstreams = map[string]httpfx.UpstreamConfig{"payments": {BaseURL: "ftp://pay"}}
+				return c
+			}),
+		), `upstream "payments": BaseURL scheme "ftp"`},
+		{"duplicate headers in code", httpfx.Upstream("payments", httpfx.UpstreamConfig{
+			BaseURL: "https://pay", Headers: map[string]string{"x-key": "a", "X-Key": "b"}}),
+			`name the same header`},
+		{"duplicate headers in code beside a file entry", fx.Options(
+			httpfx.Upstream("payments", httpfx.UpstreamConfig{
+				BaseURL: "https://pay", Headers: map[string]string{"x-key": "a", "X-Key": "b"}}),
+			file(map[string]string{"Other": "z"}),
+		), `name the same header`},
+		{"duplicate headers in the file", fx.Options(
+			httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay"}),
+			file(map[string]string{"x-key": "a", "X-KEY": "b"}),
+		), `name the same header`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := fx.New(fx.NopLogger, httpfx.Module, tt.give).Err()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("fx.New error = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("the file's value wins", func(t *testing.T) {
+		u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, strings.Join(r.Header.Values("X-Key"), ","))
+		}))
+		for range 5 {
+			var got upstreams
+			app := fxtest.New(t, fx.NopLogger, httpfx.Module,
+				httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: u.URL, Headers: map[string]string{"x-key": "code"}}),
+				httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL}),
+				file(map[string]string{"X-KEY": "file"}),
+				fx.Populate(&got),
+			)
+			app.RequireStart()
+			if body := mustGet(t, got.Payments, "/"); body != "file" {
+				t.Errorf("X-Key sent = %q, want the file's value only", body)
+			}
+			app.RequireStop()
+		}
+		u.requireNoConns(t)
+	})
+}

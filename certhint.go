@@ -1,0 +1,119 @@
+package httpfx
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// certHint explains mutual-TLS failures that net/http cannot: a TLS 1.3 server that rejects
+// the client's missing certificate closes the connection right after the handshake, and the
+// client sees only EOF or a reset. When no client certificate is configured, the hint notes
+// which hosts asked for one, and an HTTPS error of such a host that looks like a cut says so.
+//
+// crypto/tls does not tell GetClientCertificate which host asks, but the handshake's context
+// keeps the values of the request that dialled. Requests to an HTTPS host that has not yet
+// answered carry their host in a context value; once a host has answered a request, it needs
+// no hint (it served without a certificate) and its requests carry nothing: one atomic load
+// and a map lookup per HTTPS request. It is safe for concurrent use.
+type certHint struct {
+	answered atomic.Pointer[map[string]struct{}] // hosts that answered; replaced whole on change
+
+	mu    sync.Mutex
+	asked map[string]struct{} // hosts that asked for a certificate
+}
+
+// certHostKey is the context key of the host (req.URL.Host) a request dials for.
+type certHostKey struct{}
+
+// hintMaxHosts bounds the hosts a certHint remembers in each set.
+const hintMaxHosts = 4096
+
+// install makes tc note the hosts that ask for a client certificate. It changes nothing if a
+// certificate or a certificate callback is configured; crypto/tls ignores Certificates once
+// GetClientCertificate is set, so it must run after decorators had their say.
+func (h *certHint) install(tc *tls.Config) bool {
+	if tc == nil || len(tc.Certificates) > 0 || tc.GetClientCertificate != nil {
+		return false
+	}
+	tc.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		if host, ok := cri.Context().Value(certHostKey{}).(string); ok {
+			h.mu.Lock()
+			if len(h.asked) < hintMaxHosts {
+				if h.asked == nil {
+					h.asked = make(map[string]struct{})
+				}
+				h.asked[host] = struct{}{}
+			}
+			h.mu.Unlock()
+		}
+		return new(tls.Certificate), nil // none, as without this hook
+	}
+	return true
+}
+
+// mark returns req with its host in its context if req goes to an HTTPS host that has not
+// answered yet.
+func (h *certHint) mark(req *http.Request) *http.Request {
+	if req.URL.Scheme != "https" {
+		return req
+	}
+	if m := h.answered.Load(); m != nil {
+		if _, ok := (*m)[req.URL.Host]; ok {
+			return req
+		}
+	}
+	return req.WithContext(context.WithValue(req.Context(), certHostKey{}, req.URL.Host))
+}
+
+// answer records that the HTTPS host of req answered a request.
+func (h *certHint) answer(req *http.Request) {
+	if req.URL.Scheme != "https" || req.Context().Value(certHostKey{}) == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var m map[string]struct{}
+	if p := h.answered.Load(); p != nil {
+		if _, ok := (*p)[req.URL.Host]; ok || len(*p) >= hintMaxHosts {
+			return
+		}
+		m = maps.Clone(*p)
+	} else {
+		m = make(map[string]struct{})
+	}
+	m[req.URL.Host] = struct{}{}
+	h.answered.Store(&m)
+}
+
+// explain adds the hint to err, the error of req, if req's host asked for a certificate and
+// err looks like the connection was cut.
+func (h *certHint) explain(req *http.Request, err error) error {
+	if req.URL.Scheme != "https" || !looksCut(err) {
+		return err
+	}
+	h.mu.Lock()
+	_, asked := h.asked[req.URL.Host]
+	h.mu.Unlock()
+	if !asked {
+		return err
+	}
+	return fmt.Errorf("httpfx: %s asked for a client certificate and none is configured; if it requires one (mutual TLS), set TLSCertFile and TLSKeyFile: %w", req.URL.Host, err)
+}
+
+// looksCut reports whether err is what a peer closing a fresh connection looks like.
+func looksCut(err error) bool {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "remote error: tls:") || strings.Contains(msg, "http2: client conn")
+}
