@@ -138,6 +138,49 @@ type Config struct {
 	// default ("Go-http-client/1.1"). Default empty.
 	UserAgent string `yaml:"user_agent" json:"user_agent"`
 
+	// MaxConnLifetime retires a connection older than it the next time it is taken from the
+	// idle pool for a request, so that traffic follows a DNS change or a load balancer's new
+	// members even on connections that never go idle long enough to close. Each connection
+	// gets its own lifetime between 90% and 100% of it, so that a pool does not reconnect all
+	// at once. A request in flight is never cut; the request that would have reused the
+	// connection goes on another. HTTP/2 connections are not retired by it (net/http offers no
+	// way to stop new streams on one of its HTTP/2 connections; see the README). Zero means no
+	// limit. Default 5m: a DNS change is followed within minutes by this alone (the DNS cache
+	// follows it within DNSTTL for connections to addresses that DNS drops), at the cost of one
+	// handshake per connection every few minutes.
+	MaxConnLifetime time.Duration `yaml:"max_conn_lifetime" json:"max_conn_lifetime"`
+
+	// DNSTTL is how long a host's looked-up addresses are used before they are looked up
+	// again. Names in use are looked up again in the background before their answer expires,
+	// so no request waits for a lookup of a known name, and connections to an address that an
+	// answer drops are retired when next idle. Zero turns the cache off: every dial looks up
+	// the name, as net/http does, and connections follow DNS only through MaxConnLifetime.
+	// Default 10s, as aiohttp's ttl_dns_cache: short enough to follow DNS changes quickly, and
+	// one background lookup per name in use every few seconds costs nothing measurable.
+	DNSTTL time.Duration `yaml:"dns_ttl" json:"dns_ttl"`
+
+	// DNSStaleTTL is how long past DNSTTL the last good answer for a host is still used while
+	// the resolver fails, so that a resolver outage does not fail every new connection. Zero
+	// means a failed lookup fails the dial. Default 5m.
+	DNSStaleTTL time.Duration `yaml:"dns_stale_ttl" json:"dns_stale_ttl"`
+
+	// HTTP2SendPingTimeout is how long an HTTP/2 connection may receive no frame before the
+	// client sends a ping to check it (http.HTTP2Config.SendPingTimeout). A busy, healthy
+	// connection receives frames and is never pinged. Zero means no health check. Default
+	// 15s: with HTTP2PingTimeout, a dead connection (a peer gone behind a NAT, a half-open
+	// connection) is found within 30s instead of hanging its requests until their timeout.
+	HTTP2SendPingTimeout time.Duration `yaml:"http2_send_ping_timeout" json:"http2_send_ping_timeout"`
+
+	// HTTP2PingTimeout is how long the client waits for the answer to a ping before it closes
+	// the connection, failing its requests (http.HTTP2Config.PingTimeout). Zero means
+	// net/http's default (15s). Default 15s.
+	HTTP2PingTimeout time.Duration `yaml:"http2_ping_timeout" json:"http2_ping_timeout"`
+
+	// HTTP2WriteByteTimeout closes an HTTP/2 connection when a write makes no progress for
+	// this long (http.HTTP2Config.WriteByteTimeout): a peer that stopped reading. Zero means
+	// no timeout. Default 15s.
+	HTTP2WriteByteTimeout time.Duration `yaml:"http2_write_byte_timeout" json:"http2_write_byte_timeout"`
+
 	// DrainTimeout bounds how long stop waits for in-flight requests (and their response
 	// bodies) before it closes their connections. The stop context bounds it too, whichever
 	// ends first. Zero means only the stop context bounds it. Default 10s, below fx's default
@@ -169,6 +212,12 @@ func DefaultConfig() Config {
 		ProxyFromEnvironment:   true,
 		TLSMinVersion:          "1.2",
 		DrainTimeout:           10 * time.Second,
+		MaxConnLifetime:        5 * time.Minute,
+		DNSTTL:                 10 * time.Second,
+		DNSStaleTTL:            5 * time.Minute,
+		HTTP2SendPingTimeout:   15 * time.Second,
+		HTTP2PingTimeout:       15 * time.Second,
+		HTTP2WriteByteTimeout:  15 * time.Second,
 	}
 }
 
@@ -207,6 +256,12 @@ func (c Config) resolve() (resolved, error) {
 		{"ExpectContinueTimeout", c.ExpectContinueTimeout},
 		{"IdleConnTimeout", c.IdleConnTimeout},
 		{"DrainTimeout", c.DrainTimeout},
+		{"MaxConnLifetime", c.MaxConnLifetime},
+		{"DNSTTL", c.DNSTTL},
+		{"DNSStaleTTL", c.DNSStaleTTL},
+		{"HTTP2SendPingTimeout", c.HTTP2SendPingTimeout},
+		{"HTTP2PingTimeout", c.HTTP2PingTimeout},
+		{"HTTP2WriteByteTimeout", c.HTTP2WriteByteTimeout},
 	} {
 		if d.v < 0 {
 			bad(d.name, "is %v: want zero (no timeout) or a positive duration", d.v)

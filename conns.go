@@ -2,24 +2,36 @@ package httpfx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 )
 
 // errDialAfterStop is the error of a dial the owned transport attempts after stop.
 var errDialAfterStop = fmt.Errorf("%w: no new connection after stop", ErrClosed)
 
+// errRetired is the error of a write to a connection httpfx retired or found closed by the
+// server: nothing was written, so net/http sends the request on another connection if it can.
+var errRetired = errors.New("httpfx: connection retired before the request was written")
+
 // dialFunc is the type of http.Transport.DialContext.
 type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // connSet holds the open connections of the owned transport, so that stop can close the ones
-// still in use, which http.Transport cannot. It changes only when a connection is dialled or
-// closed, never per request. It is safe for concurrent use.
+// still in use, which http.Transport cannot, and health can retire them. It changes only when
+// a connection is dialled or closed, never per request. It is safe for concurrent use.
 type connSet struct {
 	stats  *Stats
+	health *health
+	dns    *dnsCache
 	onLast func(addr string) // called, outside the lock, when the last connection to addr closes
 
 	mu      sync.Mutex
@@ -40,6 +52,21 @@ func (s *connSet) wrap(dial dialFunc) dialFunc {
 			return nil, err
 		}
 		tc := &trackedConn{Conn: c, set: s, addr: addr}
+		if rc, ok := c.(*resolvedConn); ok {
+			tc.Conn, tc.host, tc.dns = rc.Conn, rc.host, rc.entry
+		}
+		if ta, ok := tc.Conn.RemoteAddr().(*net.TCPAddr); ok {
+			tc.ip = ta.AddrPort().Addr().Unmap()
+		}
+		if h := s.health; h != nil {
+			tc.peer = h.peerFor(addr)
+			now := h.clock.now()
+			tc.lastRead.Store(now)
+			tc.lastWrite.Store(now)
+			if l := int64(h.lifetime); l > 0 {
+				tc.expires = now + l - rand.Int64N(l/10+1) // 90–100% of it: no reconnect storm
+			}
+		}
 		if !s.add(tc) {
 			c.Close()
 			return nil, errDialAfterStop
@@ -86,6 +113,18 @@ func (s *connSet) remove(c *trackedConn) {
 	}
 }
 
+// markGone marks the connections to host whose address is not in keep, so that they are
+// retired when a request next takes them.
+func (s *connSet) markGone(host string, keep []netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.host == host && c.ip.IsValid() && !slices.Contains(keep, c.ip) {
+			c.gone.Store(true)
+		}
+	}
+}
+
 // closeAll closes the set to new dials and closes every connection still open, returning how
 // many it closed.
 func (s *connSet) closeAll() int {
@@ -102,17 +141,75 @@ func (s *connSet) closeAll() int {
 	return len(conns)
 }
 
-// trackedConn is a connection of the owned transport; closing it removes it from its set.
+// trackedConn is a connection of the owned transport; closing it removes it from its set. It
+// notes, with one monotonic clock read per Read or Write, when it last read and wrote, so that
+// health can tell an idle connection that its server closed from one in use.
 type trackedConn struct {
 	net.Conn
-	set    *connSet
-	addr   string // as dialled
-	closed atomic.Bool
+	set     *connSet
+	addr    string     // as dialled
+	host    string     // the name the DNS cache resolved; empty if none
+	dns     *dnsEntry  // the name's cache entry; nil if none
+	ip      netip.Addr // the address it is connected to
+	peer    *peer      // what is known of addr; nil without health
+	expires int64      // on health's clock, when it is past MaxConnLifetime; zero: never
+
+	lastRead    atomic.Int64 // on health's clock: the last Read that returned data
+	lastWrite   atomic.Int64 // the last Write
+	unasked     atomic.Int64 // how long the connection was idle before the last Read's data arrived, if it was
+	peerClosed  atomic.Bool  // a Read returned the peer's EOF or reset
+	gone        atomic.Bool  // DNS no longer returns ip
+	closed      atomic.Bool
+	retiredBy   atomic.Bool // closed by retire, which counted it
+	deadCounted atomic.Bool
+}
+
+// Read notes when data arrives, and the server's close of an idle connection, which teaches
+// its address's idle bound.
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	h := c.set.health
+	if h == nil {
+		return n, err
+	}
+	now := h.clock.now()
+	lr := c.lastRead.Load()
+	idle := lr >= c.lastWrite.Load() // nothing written since the last data: no request waits
+	if n > 0 {
+		if idle {
+			c.unasked.Store(now - lr)
+		} else {
+			c.unasked.Store(0)
+		}
+		c.lastRead.Store(now)
+	}
+	if err != nil && !c.closed.Load() && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		c.peerClosed.Store(true)
+		if idle && n == 0 {
+			c.learn(time.Duration(now - lr))
+		}
+	}
+	return n, err
+}
+
+// Write refuses, without writing, on a connection whose server has closed it or that httpfx
+// retired: net/http then sends the request on another connection, as nothing was written.
+func (c *trackedConn) Write(p []byte) (int, error) {
+	if c.peerClosed.Load() || c.closed.Load() {
+		return 0, errRetired
+	}
+	if h := c.set.health; h != nil {
+		c.lastWrite.Store(h.clock.now())
+	}
+	return c.Conn.Write(p)
 }
 
 // ReadFrom keeps the underlying connection's io.ReaderFrom (sendfile, splice) for request
 // bodies copied from files.
 func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
+	if h := c.set.health; h != nil {
+		c.lastWrite.Store(h.clock.now())
+	}
 	if rf, ok := c.Conn.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)
 	}
@@ -123,9 +220,36 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 // into ReadFrom.
 type writerOnly struct{ io.Writer }
 
+// Close closes the connection. A close by net/http right after unasked data is a TLS server
+// closing an idle connection (its close_notify alert), and teaches the idle bound; one after
+// a write went unanswered for HTTP2PingTimeout counts as a dead connection.
 func (c *trackedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
+		if h := c.set.health; h != nil && !c.retiredBy.Load() {
+			now := h.clock.now()
+			lr, lw := c.lastRead.Load(), c.lastWrite.Load()
+			switch {
+			case h.deadAt > 0 && lw > lr && now-lw >= int64(h.deadAt):
+				c.set.stats.retired(RetiredDead)
+			case now-lr < int64(closeSoon):
+				c.learn(time.Duration(c.unasked.Load()))
+			}
+		}
 		c.set.remove(c)
 	}
 	return c.Conn.Close()
+}
+
+// retire closes the connection for reason before a request writes to it.
+func (c *trackedConn) retire(reason string) {
+	c.retiredBy.Store(true)
+	c.set.stats.retired(reason)
+	c.Close()
+}
+
+// learn teaches the connection's address that its server closed a connection idle for d.
+func (c *trackedConn) learn(d time.Duration) {
+	if c.peer != nil {
+		c.peer.learnObserved(d)
+	}
 }

@@ -40,6 +40,12 @@ func (o *owner) start(context.Context) error {
 		zap.Bool("tls_client_certificate", c.TLSCertFile != ""),
 		zap.Bool("user_agent_set", c.UserAgent != ""),
 		zap.Duration("drain_timeout", c.DrainTimeout),
+		zap.Duration("max_conn_lifetime", c.MaxConnLifetime),
+		zap.Duration("dns_ttl", c.DNSTTL),
+		zap.Duration("dns_stale_ttl", c.DNSStaleTTL),
+		zap.Duration("http2_send_ping_timeout", c.HTTP2SendPingTimeout),
+		zap.Duration("http2_ping_timeout", c.HTTP2PingTimeout),
+		zap.Duration("http2_write_byte_timeout", c.HTTP2WriteByteTimeout),
 		zap.String("round_tripper", o.nextType),
 	)
 	if c.MaxConnsPerHost == 0 || c.MaxConnsPerHost > c.MaxIdleConnsPerHost {
@@ -116,6 +122,7 @@ func (o *owner) drain(ctx context.Context) error {
 		}
 	}
 	closed := o.conns.closeAll()
+	o.dns.close() // after the dials: none can start a refresh now
 	// 5. One summary line.
 	s := o.stats.Snapshot()
 	o.log.Info("httpfx client stopped",
@@ -126,6 +133,9 @@ func (o *owner) drain(ctx context.Context) error {
 		zap.Float64("reuse_ratio", s.ReuseRatio()),
 		zap.Int64("cut", cut),
 		zap.Int("conns_force_closed", closed),
+		zap.Int64("replayed", s.Replayed),
+		zap.Any("conns_retired", s.ConnsRetired),
+		zap.Int("idle_bounds_learned", len(s.IdleBounds)),
 		zap.Duration("drain", time.Since(began)),
 	)
 	return err

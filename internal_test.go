@@ -72,7 +72,7 @@ func TestKeepsCredentials(t *testing.T) {
 // Abandoned bodies whose context ended are finished by the sampled reap of their shard, so
 // they do not pile up in a service that never calls Snapshot or stops.
 func TestSampledReapFinishesAbandonedBodies(t *testing.T) {
-	o, err := newOwner(DefaultConfig(), nil)
+	o, err := newOwner(DefaultConfig(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

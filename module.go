@@ -45,15 +45,16 @@ var Module = fx.Module("httpfx",
 type ownerParams struct {
 	fx.In
 
-	Config Config
-	Logger *zap.Logger `optional:"true"`
+	Config   Config
+	Logger   *zap.Logger `optional:"true"`
+	Resolver Resolver    `optional:"true"`
 }
 
 // newModuleOwner builds what httpfx owns and registers the hooks here, where the first piece
 // of it is built: everything that depends on the client, the transport, the round tripper or
 // an upstream client is built after, so fx stops it before httpfx drains.
 func newModuleOwner(lc fx.Lifecycle, p ownerParams) (*owner, error) {
-	o, err := newOwner(p.Config, p.Logger)
+	o, err := newOwner(p.Config, p.Logger, p.Resolver)
 	if err != nil {
 		return nil, err
 	}

@@ -29,6 +29,8 @@ type owner struct {
 	nextType string          // the type of the round tripper under the client, for the start log
 
 	hint     *certHint   // explains mutual-TLS failures; nil if a client certificate is configured
+	health   *health     // retires connections before they can lose a request; nil if the transport is not the owned one
+	dns      *dnsCache   // the owned transport's resolver and dialer
 	bodies   bodyList    // response bodies in flight
 	stopping atomic.Bool // stop has begun: new bodies watch their context
 	gate     *h2gate     // nil if HTTP/2 is off
@@ -39,7 +41,7 @@ type owner struct {
 	stopErr   error
 }
 
-func newOwner(cfg Config, log *zap.Logger) (*owner, error) {
+func newOwner(cfg Config, log *zap.Logger, res Resolver) (*owner, error) {
 	r, err := cfg.resolve()
 	if err != nil {
 		return nil, err
@@ -47,15 +49,20 @@ func newOwner(cfg Config, log *zap.Logger) (*owner, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	clk := &clock{epoch: time.Now()}
 	o := &owner{
 		cfg:        cfg,
 		log:        log.Named("httpfx"),
 		stats:      new(Stats),
-		transport:  newTransport(cfg, r),
+		dns:        newDNSCache(cfg, res, clk),
 		timeoutErr: &timeoutError{what: "Config.Timeout", d: cfg.Timeout},
 		drained:    make(chan struct{}),
 	}
+	o.health = newHealth(cfg, o.stats, clk)
+	o.transport = newTransport(cfg, r, o.dns.dial)
 	o.conns.stats = o.stats
+	o.dns.onGone = o.conns.markGone
+	o.stats.bounds = o.health.idleBounds
 	o.bodies.init()
 	o.stats.reap = func() { o.bodies.reap(-1) }
 	if !cfg.DisableHTTP2 {

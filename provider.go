@@ -25,6 +25,10 @@ type Params struct {
 
 	// Logger is used, named "httpfx", if set. Nil means no logging.
 	Logger *zap.Logger `optional:"true"`
+
+	// Resolver looks up the hosts the owned transport dials, through the DNS cache (see
+	// Config.DNSTTL). Nil means net.DefaultResolver, which httpfx only reads.
+	Resolver Resolver `optional:"true"`
 }
 
 // Result is what New builds. httpfx owns the Transport and the Client and closes them at stop.
@@ -51,7 +55,7 @@ type Result struct {
 // close) at stop. It returns an error naming the field if p.Config is invalid. It can be
 // called without fx; Module calls the same steps with decoration points in between.
 func New(p Params) (Result, error) {
-	o, err := newOwner(p.Config, p.Logger)
+	o, err := newOwner(p.Config, p.Logger, p.Resolver)
 	if err != nil {
 		return Result{}, err
 	}
@@ -104,14 +108,14 @@ func ownerOf(c *http.Client) *owner {
 
 // newTransport builds the tuned transport: a clone of http.DefaultTransport's settings (never
 // the default transport itself) with cfg, and what resolve derived from it, applied.
-func newTransport(cfg Config, r resolved) *http.Transport {
+func newTransport(cfg Config, r resolved, dial dialFunc) *http.Transport {
 	var t *http.Transport
 	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
 		t = dt.Clone()
 	} else {
 		t = &http.Transport{} // http.DefaultTransport was replaced; cfg sets what matters below.
 	}
-	t.DialContext = (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: cfg.KeepAlive}).DialContext
+	t.DialContext = dial // the DNS cache's: DialTimeout, KeepAlive, Happy Eyeballs
 	t.Proxy = r.proxy
 	t.TLSClientConfig = r.tls
 	t.TLSHandshakeTimeout = cfg.TLSHandshakeTimeout
@@ -127,6 +131,12 @@ func newTransport(cfg Config, r resolved) *http.Transport {
 	t.ForceAttemptHTTP2 = !cfg.DisableHTTP2
 	if cfg.DisableHTTP2 {
 		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // net/http's documented switch
+	} else {
+		t.HTTP2 = &http.HTTP2Config{
+			SendPingTimeout:  cfg.HTTP2SendPingTimeout,
+			PingTimeout:      cfg.HTTP2PingTimeout,
+			WriteByteTimeout: cfg.HTTP2WriteByteTimeout,
+		}
 	}
 	return t
 }
@@ -141,11 +151,15 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 			dial = (&net.Dialer{}).DialContext
 		}
 		t.DialContext = o.conns.wrap(dial)
+		o.conns.health, o.conns.dns = o.health, o.dns
 		// Note which servers ask for a client certificate when none is configured, so that
 		// the error of a mutual-TLS failure can say why. Installed now, after decorators.
 		if h := new(certHint); h.install(t.TLSClientConfig) {
 			o.hint = h
 		}
+	}
+	if t != o.transport {
+		o.health = nil // a caller's transport: httpfx leaves its connections alone
 	}
 	o.inUse = t
 	o.nextType = fmt.Sprintf("%T", rt)

@@ -3,6 +3,7 @@ package httpfx
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Stats holds the live counters of the client and transport that httpfx built. The Module
@@ -19,11 +20,18 @@ type Stats struct {
 	cut      atomic.Int64
 
 	closeIdleIgnored atomic.Int64
+	replayed         atomic.Int64
+	retiredIdle      atomic.Int64
+	retiredLifetime  atomic.Int64
+	retiredGone      atomic.Int64
+	retiredClosed    atomic.Int64
+	retiredDead      atomic.Int64
 
 	mu        sync.Mutex
 	upstreams map[string]*upstreamStats // by name; written only while the graph is built
 
-	reap func() // finishes requests whose context ended; set before use
+	reap   func()                          // finishes requests whose context ended; set before use
+	bounds func() map[string]time.Duration // the learned idle bounds; nil: none
 }
 
 // Snapshot is a copy of the counters at one moment. Counters are read one by one, so under
@@ -41,6 +49,19 @@ type Snapshot struct {
 	// CloseIdleIgnored counts CloseIdleConnections calls on clients httpfx built, which do
 	// not empty the shared pool (see CloseIdleConnections, the function).
 	CloseIdleIgnored int64
+
+	// Replayed counts requests that net/http sent again on another connection because httpfx
+	// retired the one they had taken before writing a byte to it (see ConnsRetired).
+	Replayed int64
+
+	// ConnsRetired counts the connections closed to keep the pool healthy, by reason: the
+	// Retired constants, each present. Nil for a nil Stats.
+	ConnsRetired map[string]int64
+
+	// IdleBounds holds, by dialled address ("host:port"), how long its server keeps an idle
+	// connection, learned from Keep-Alive headers and from its closes of idle connections;
+	// an address without one is absent. Nil if none is known.
+	IdleBounds map[string]time.Duration
 
 	// Upstreams holds the counters of each upstream client (see Upstream), by name; nil if
 	// there is none. They are part of the totals above.
@@ -64,6 +85,10 @@ func (s *Stats) Snapshot() Snapshot {
 	if s.reap != nil {
 		s.reap() // a request whose context ended is no longer in flight
 	}
+	var bounds map[string]time.Duration
+	if s.bounds != nil {
+		bounds = s.bounds()
+	}
 	var ups map[string]UpstreamSnapshot
 	s.mu.Lock()
 	if len(s.upstreams) > 0 {
@@ -84,6 +109,15 @@ func (s *Stats) Snapshot() Snapshot {
 		Cut:         s.cut.Load(),
 
 		CloseIdleIgnored: s.closeIdleIgnored.Load(),
+		Replayed:         s.replayed.Load(),
+		ConnsRetired: map[string]int64{
+			RetiredIdle:         s.retiredIdle.Load(),
+			RetiredLifetime:     s.retiredLifetime.Load(),
+			RetiredAddressGone:  s.retiredGone.Load(),
+			RetiredServerClosed: s.retiredClosed.Load(),
+			RetiredDead:         s.retiredDead.Load(),
+		},
+		IdleBounds: bounds,
 	}
 }
 
@@ -95,6 +129,22 @@ func (s Snapshot) ReuseRatio() float64 {
 		return 0
 	}
 	return 1 - float64(s.ConnsOpened)/float64(s.Requests)
+}
+
+// retired counts a connection retired for reason, one of the Retired constants.
+func (s *Stats) retired(reason string) {
+	switch reason {
+	case RetiredIdle:
+		s.retiredIdle.Add(1)
+	case RetiredLifetime:
+		s.retiredLifetime.Add(1)
+	case RetiredAddressGone:
+		s.retiredGone.Add(1)
+	case RetiredServerClosed:
+		s.retiredClosed.Add(1)
+	case RetiredDead:
+		s.retiredDead.Add(1)
+	}
 }
 
 // addUpstream returns the counters of the upstream client name, new.

@@ -46,12 +46,18 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		d, cause = up.timeout, up.timeoutErr
 	}
 	cancel := context.CancelFunc(nil)
+	ctx, changed := req.Context(), false
 	if d > 0 {
-		ctx := req.Context()
 		if deadline, ok := ctx.Deadline(); !ok || time.Until(deadline) > d {
 			ctx, cancel = context.WithTimeoutCause(ctx, d, cause)
-			req = req.WithContext(ctx)
+			changed = true
 		}
+	}
+	if h := o.health; h != nil && rewindable(req) {
+		ctx, changed = h.traced(ctx), true // check the connection it takes (health.go)
+	}
+	if changed {
+		req = req.WithContext(ctx)
 	}
 	if ua := o.cfg.UserAgent; ua != "" {
 		if _, set := req.Header["User-Agent"]; !set { // as net/http, an explicit "" sends none
@@ -94,6 +100,9 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	if o.hint != nil {
 		o.hint.answer(req)
 	}
+	if ka := resp.Header["Keep-Alive"]; len(ka) > 0 && o.health != nil {
+		o.health.keepAlive(req.URL, ka[0])
+	}
 	if resp.Body == nil || resp.Body == http.NoBody {
 		o.finish(cancel, up, false)
 		return resp, nil
@@ -101,7 +110,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	// A request whose context ends (the caller cancelled, or a deadline passed) is finished
 	// even if the caller never reads or closes the body. After a 101, net/http no longer
 	// watches the context: the stream lives until it is closed.
-	var ctx context.Context
+	ctx = nil
 	if resp.StatusCode != http.StatusSwitchingProtocols && req.Context().Done() != nil {
 		ctx = req.Context()
 	}
