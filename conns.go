@@ -158,6 +158,7 @@ type trackedConn struct {
 	lastWrite   atomic.Int64 // the last Write
 	unasked     atomic.Int64 // how long the connection was idle before the last Read's data arrived, if it was
 	peerClosed  atomic.Bool  // a Read returned the peer's EOF or reset
+	h1          atomic.Bool  // a request took it and it speaks HTTP/1.1 (not HTTP/2)
 	gone        atomic.Bool  // DNS no longer returns ip
 	closed      atomic.Bool
 	retiredBy   atomic.Bool // closed by retire, which counted it
@@ -199,7 +200,16 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 		return 0, errRetired
 	}
 	if h := c.set.health; h != nil {
-		c.lastWrite.Store(h.clock.now())
+		now := h.clock.now()
+		lr := c.lastRead.Load()
+		if c.h1.Load() && lr >= c.lastWrite.Load() && now-lr >= int64(peekAfter) && c.closedByPeer() {
+			// The first write of a request on an idle HTTP/1.1 connection, and the server has
+			// closed it: refuse before writing anything, as late as can be, so that the request
+			// provably never reached the server and goes on another connection.
+			c.retire(RetiredServerClosed)
+			return 0, errRetired
+		}
+		c.lastWrite.Store(now)
 	}
 	return c.Conn.Write(p)
 }

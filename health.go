@@ -47,6 +47,10 @@ const (
 	// closing an idle connection (a TLS server's close_notify alert).
 	closeSoon = 100 * time.Millisecond
 
+	// maxReplays bounds how often one request that provably never reached the server is sent
+	// again: each time, the pool had handed it a connection the server had just closed.
+	maxReplays = 3
+
 	// maxPeers bounds the addresses whose idle bound httpfx remembers.
 	maxPeers = 4096
 )
@@ -112,6 +116,32 @@ func rewindable(req *http.Request) bool {
 	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 }
 
+// neverSent reports whether err proves that the request never reached the server. net/http
+// returns "server closed idle connection" only when the server's close of a pooled connection
+// was read before the request was counted on it, and so before any byte of it was written;
+// it replays such a request only if its method is idempotent.
+func neverSent(err error) bool {
+	return err.Error() == "http: server closed idle connection"
+}
+
+// rewind returns a copy of req, which net/http has sent and closed the body of, with its body
+// rewound, or false if it cannot be rewound.
+func rewind(req *http.Request) (*http.Request, bool) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return req, true
+	}
+	if req.GetBody == nil {
+		return nil, false
+	}
+	b, err := req.GetBody()
+	if err != nil {
+		return nil, false
+	}
+	r := *req
+	r.Body = b
+	return &r, true
+}
+
 // gotConn runs on the request's goroutine when it has its connection, before it writes.
 func (h *health) gotConn(info httptrace.GotConnInfo) {
 	c := trackedOf(info.Conn)
@@ -125,6 +155,10 @@ func (h *health) gotConn(info httptrace.GotConnInfo) {
 	if !info.WasIdle {
 		return // an HTTP/2 connection with streams: nothing to retire
 	}
+	h2 := isH2(info.Conn)
+	if !h2 && !c.h1.Load() {
+		c.h1.Store(true) // its writes check for a server's close (trackedConn.Write)
+	}
 	reason := ""
 	switch {
 	case c.gone.Load():
@@ -135,11 +169,8 @@ func (h *health) gotConn(info httptrace.GotConnInfo) {
 		reason = RetiredIdle
 	case c.peerClosed.Load():
 		reason = RetiredServerClosed
-	case info.IdleTime >= peekAfter && !isH2(info.Conn) && c.closedByPeer():
-		reason = RetiredServerClosed
-		c.learn(info.IdleTime)
 	}
-	if reason == "" || isH2(info.Conn) {
+	if reason == "" || h2 {
 		return
 	}
 	c.retire(reason)

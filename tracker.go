@@ -87,6 +87,15 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		}
 	}
 	resp, err := t.next.RoundTrip(req)
+	for i := 0; i < maxReplays && err != nil && o.health != nil && neverSent(err); i++ {
+		again, ok := rewind(req) // replay what provably never reached the server
+		if !ok {
+			break
+		}
+		o.stats.replayed.Add(1)
+		req = again
+		resp, err = t.next.RoundTrip(req)
+	}
 	if lead != nil {
 		o.gate.leave(req.URL.Host, lead, err == nil)
 	}
