@@ -157,6 +157,9 @@ type trackedConn struct {
 	lastRead    atomic.Int64 // on health's clock: the last Read that returned data
 	lastWrite   atomic.Int64 // the last Write
 	unasked     atomic.Int64 // how long the connection was idle before the last Read's data arrived, if it was
+	unanswered  atomic.Int64 // the first Write since the last Read that returned data
+	written     atomic.Int64 // bytes written
+	reqStart    atomic.Int64 // written when the request in flight began (HTTP/1.1)
 	peerClosed  atomic.Bool  // a Read returned the peer's EOF or reset
 	h1          atomic.Bool  // a request took it and it speaks HTTP/1.1 (not HTTP/2)
 	gone        atomic.Bool  // DNS no longer returns ip
@@ -189,9 +192,26 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		if idle && n == 0 {
 			c.learn(time.Duration(now - lr))
 		}
+		if !idle && n == 0 && c.h1.Load() {
+			if start, w := c.reqStart.Load(), c.written.Load(); w > start {
+				if acked, ok := c.ackedBytes(); ok && acked-1 <= start { // bytes_acked counts the SYN
+					// The peer's TCP acknowledged no byte of the request in flight: its
+					// server closed before the request arrived, and never read it.
+					return n, &unsentError{err: err}
+				}
+			}
+		}
 	}
 	return n, err
 }
+
+// unsentError is the error of a read that found the connection closed by its server before
+// the server's TCP had acknowledged any byte of the request written to it: the request never
+// reached the server, and the tracker sends it again (see neverSent).
+type unsentError struct{ err error }
+
+func (e *unsentError) Error() string { return e.err.Error() }
+func (e *unsentError) Unwrap() error { return e.err }
 
 // Write refuses, without writing, on a connection whose server has closed it or that httpfx
 // retired: net/http then sends the request on another connection, as nothing was written.
@@ -209,9 +229,15 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 			c.retire(RetiredServerClosed)
 			return 0, errRetired
 		}
+		if lr >= c.lastWrite.Load() {
+			c.unanswered.Store(now) // the first write since the peer last sent anything
+			c.reqStart.Store(c.written.Load())
+		}
 		c.lastWrite.Store(now)
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
 }
 
 // ReadFrom keeps the underlying connection's io.ReaderFrom (sendfile, splice) for request
@@ -220,10 +246,15 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 	if h := c.set.health; h != nil {
 		c.lastWrite.Store(h.clock.now())
 	}
+	var n int64
+	var err error
 	if rf, ok := c.Conn.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(writerOnly{c.Conn}, r)
 	}
-	return io.Copy(writerOnly{c.Conn}, r)
+	c.written.Add(n)
+	return n, err
 }
 
 // writerOnly hides every method of a writer but Write, so that io.Copy does not call back
@@ -232,14 +263,15 @@ type writerOnly struct{ io.Writer }
 
 // Close closes the connection. A close by net/http right after unasked data is a TLS server
 // closing an idle connection (its close_notify alert), and teaches the idle bound; one after
-// a write went unanswered for HTTP2PingTimeout counts as a dead connection.
+// a write went unanswered for HTTP2PingTimeout counts as a dead connection (tls.Conn's Close
+// writes an alert first, so what counts is the first write since the peer last sent data).
 func (c *trackedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		if h := c.set.health; h != nil && !c.retiredBy.Load() {
 			now := h.clock.now()
-			lr, lw := c.lastRead.Load(), c.lastWrite.Load()
+			lr, fu := c.lastRead.Load(), c.unanswered.Load()
 			switch {
-			case h.deadAt > 0 && lw > lr && now-lw >= int64(h.deadAt):
+			case h.deadAt > 0 && fu > lr && now-fu >= int64(h.deadAt):
 				c.set.stats.retired(RetiredDead)
 			case now-lr < int64(closeSoon):
 				c.learn(time.Duration(c.unasked.Load()))

@@ -3,6 +3,7 @@ package httpfx
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -116,12 +117,18 @@ func rewindable(req *http.Request) bool {
 	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 }
 
-// neverSent reports whether err proves that the request never reached the server. net/http
-// returns "server closed idle connection" only when the server's close of a pooled connection
-// was read before the request was counted on it, and so before any byte of it was written;
-// it replays such a request only if its method is idempotent.
+// neverSent reports whether err proves that the request never reached the server, so that it
+// can be sent again whatever its method (RFC 9110 §9.2.2 allows it when the client "can detect
+// that the original request was never applied"). Two failures prove it: net/http's "server
+// closed idle connection", which it returns only when the server's close of a pooled
+// connection was read before the request was counted on it, and so before any byte of it was
+// written (net/http replays those only for idempotent methods); and an *unsentError, a close
+// or reset after the request was written but before the server's TCP acknowledged any byte of
+// it (TCP_INFO, Linux). A reset or close after the server acknowledged the request proves
+// nothing: the server may have read it. Such requests are never replayed here.
 func neverSent(err error) bool {
-	return err.Error() == "http: server closed idle connection"
+	var u *unsentError
+	return err.Error() == "http: server closed idle connection" || errors.As(err, &u)
 }
 
 // rewind returns a copy of req, which net/http has sent and closed the body of, with its body

@@ -1,13 +1,16 @@
 package httpfx_test
 
 import (
+	"crypto/x509"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,4 +139,154 @@ func TestKeepAliveRaceBaseline(t *testing.T) {
 	}
 	t.Logf("net/http alone: %d of %d POSTs failed (%.1f%%); nginx processed %d of the failed ones",
 		len(res.failures), res.sent, 100*float64(len(res.failures))/float64(res.sent), processed)
+}
+
+// freezer is a loopback TCP proxy that can stop forwarding without closing anything: what a
+// peer that vanished behind a NAT, or a half-open connection, looks like to the client.
+type freezer struct {
+	ln     net.Listener
+	target string
+	frozen atomic.Bool
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newFreezer(t *testing.T, target string) *freezer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{ln: ln, target: target}
+	f.wg.Add(1)
+	go f.serve()
+	t.Cleanup(f.close)
+	return f
+}
+
+func (f *freezer) serve() {
+	defer f.wg.Done()
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		b, err := net.Dial("tcp", f.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		f.mu.Lock()
+		f.conns = append(f.conns, c, b)
+		f.mu.Unlock()
+		f.wg.Add(2)
+		go f.pipe(b, c)
+		go f.pipe(c, b)
+	}
+}
+
+// pipe copies from src to dst until either closes; while frozen, it reads and drops.
+func (f *freezer) pipe(dst, src net.Conn) {
+	defer f.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !f.frozen.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+func (f *freezer) close() {
+	f.ln.Close()
+	f.mu.Lock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.mu.Unlock()
+	f.wg.Wait()
+}
+
+// A dead HTTP/2 connection fails its request within the ping bound instead of hanging until
+// the request's timeout, and counts as dead.
+func TestDeadHTTP2PeerFoundByPing(t *testing.T) {
+	u := newTLSUpstream(t, okHandler(), true)
+	f := newFreezer(t, u.Listener.Addr().String())
+	roots := x509.NewCertPool()
+	roots.AddCert(u.Certificate())
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g),
+		withConfig(func(c *httpfx.Config) {
+			c.Timeout, c.ResponseHeaderTimeout = 30*time.Second, 30*time.Second
+			c.HTTP2SendPingTimeout, c.HTTP2PingTimeout = 200*time.Millisecond, 200*time.Millisecond
+		}),
+		fx.Decorate(func(tr *http.Transport) *http.Transport { tr.TLSClientConfig.RootCAs = roots; return tr }))
+	app.RequireStart()
+	url := "https://" + f.ln.Addr().String() + "/"
+	resp, err := g.Client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("negotiated %s, want HTTP/2", resp.Proto)
+	}
+	f.frozen.Store(true)
+	began := time.Now()
+	_, err = get(g.Client, url)
+	took := time.Since(began)
+	if err == nil || took > 10*time.Second {
+		t.Fatalf("request over a dead connection: %v after %v; want an error within the ping bound, long before the 30s timeout", err, took)
+	}
+	waitFor(t, "the dead connection is counted", func() bool { return g.Stats.Snapshot().ConnsRetired[httpfx.RetiredDead] == 1 })
+	t.Logf("failed after %v: %v", took.Round(time.Millisecond), err)
+	app.RequireStop()
+}
+
+// Retiring never cuts a request in flight: a response that streams slowly for longer than the
+// connection's lifetime and than its server's idle bound completes; the connection is retired
+// when the next request takes it, and that request goes on a new one.
+func TestRetiringNeverCutsAStream(t *testing.T) {
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Keep-Alive", "timeout=1")
+		if r.URL.Path != "/stream" {
+			io.WriteString(w, "ok")
+			return
+		}
+		for i := range 5 {
+			fmt.Fprintf(w, "chunk %d\n", i)
+			w.(http.Flusher).Flush()
+			time.Sleep(300 * time.Millisecond) // longer than the lifetime, and idle on the wire
+		}
+	}))
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g),
+		withConfig(func(c *httpfx.Config) { c.MaxConnLifetime = 200 * time.Millisecond }))
+	app.RequireStart()
+	if got := mustGet(t, g.Client, u.URL+"/stream"); strings.Count(got, "chunk") != 5 {
+		t.Fatalf("stream = %q, want 5 chunks", got)
+	}
+	if s := g.Stats.Snapshot(); s.ConnsOpened != 1 || s.ConnsRetired[httpfx.RetiredLifetime] != 0 {
+		t.Fatalf("during the stream: %d opened, retired %v; want 1 and none", s.ConnsOpened, s.ConnsRetired)
+	}
+	if got := mustGet(t, g.Client, u.URL+"/next"); got != "ok" {
+		t.Fatalf("next = %q", got)
+	}
+	s := g.Stats.Snapshot()
+	if s.ConnsOpened != 2 || s.ConnsRetired[httpfx.RetiredLifetime] != 1 || s.Replayed != 1 {
+		t.Errorf("after: %d opened, retired %v, replayed %d; want 2, one by lifetime, 1", s.ConnsOpened, s.ConnsRetired, s.Replayed)
+	}
+	if b := s.IdleBounds[strings.TrimPrefix(u.URL, "http://")]; b != time.Second {
+		t.Errorf("idle bound from Keep-Alive: timeout=1 = %v, want 1s", b)
+	}
+	app.RequireStop()
+	u.requireNoConns(t)
 }

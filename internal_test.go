@@ -3,13 +3,17 @@ package httpfx
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestNoProxyMatch(t *testing.T) {
@@ -149,5 +153,94 @@ func TestGateReleasesFollowersOfHTTP1Leader(t *testing.T) {
 	}
 	if err := Shutdown(context.Background(), r.Client); err != nil {
 		t.Error(err)
+	}
+}
+
+func TestKeepAliveTimeout(t *testing.T) {
+	tests := []struct {
+		give   string
+		want   int
+		wantOK bool
+	}{
+		{"timeout=5, max=100", 5, true},
+		{"max=100, timeout=60", 60, true},
+		{"Timeout = 2", 2, true},
+		{"max=100", 0, false},
+		{"timeout=0", 0, false},
+		{"timeout=x", 0, false},
+		{"", 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := keepAliveTimeout(tt.give)
+		if ok != tt.wantOK || (ok && got != tt.want) {
+			t.Errorf("keepAliveTimeout(%q) = %d, %v; want %d, %v", tt.give, got, ok, tt.want, tt.wantOK)
+		}
+	}
+}
+
+// A read that finds the connection closed proves the request unsent only if the server's TCP
+// acknowledged none of it: closed before the request arrived, yes; read and then closed, no.
+func TestUnsentProof(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("TCP_INFO's acknowledged bytes are read on Linux only")
+	}
+	tests := []struct {
+		name       string
+		serverRead bool // the server reads the request before it closes
+		want       bool
+	}{
+		{"closed before the request arrived", false, true},
+		{"read, then closed", true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err == nil {
+					accepted <- c
+				}
+			}()
+			raw, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := <-accepted
+			o, err := newOwner(DefaultConfig(), nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.conns.health = o.health
+			c := &trackedConn{Conn: raw, set: &o.conns}
+			o.conns.add(c)
+			c.h1.Store(true)
+			if tt.serverRead {
+				go func() { io.ReadAll(io.LimitReader(srv, 4)); srv.Close() }()
+			} else {
+				srv.Close()
+				time.Sleep(20 * time.Millisecond) // the FIN arrives first
+			}
+			c.lastRead.Store(-1)                         // something was read long ago: this write begins a request
+			if _, err := c.Conn.Write(nil); err != nil { // (no peek: call the write path below)
+				t.Fatal(err)
+			}
+			c.reqStart.Store(c.written.Load())
+			n, _ := c.Conn.Write([]byte("POST"))
+			c.written.Add(int64(n))
+			c.lastWrite.Store(o.health.clock.now())
+			time.Sleep(20 * time.Millisecond)
+			buf := make([]byte, 8)
+			_, err = c.Read(buf)
+			var u *unsentError
+			if got := errors.As(err, &u); got != tt.want {
+				t.Errorf("read error %v: unsent = %v, want %v", err, got, tt.want)
+			}
+			c.Close()
+		})
 	}
 }
