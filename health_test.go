@@ -1,6 +1,7 @@
 package httpfx_test
 
 import (
+	"context"
 	"crypto/x509"
 	"fmt"
 	"io"
@@ -29,7 +30,7 @@ type raceResult struct {
 // callers goroutines, each pausing pause±1% between requests, until d has passed: the pause
 // that meets a server closing idle connections after about as long. It is bounded in time
 // and in count.
-func postRace(t *testing.T, c *http.Client, url string, callers int, pause, d time.Duration) raceResult {
+func postRace(t *testing.T, c *http.Client, url, prefix string, callers int, pause, d time.Duration) raceResult {
 	t.Helper()
 	var (
 		mu  sync.Mutex
@@ -43,7 +44,7 @@ func postRace(t *testing.T, c *http.Client, url string, callers int, pause, d ti
 		go func() {
 			defer wg.Done()
 			for i := 0; i < maxPer && time.Now().Before(end); i++ {
-				id := fmt.Sprintf("c%d-%d", g, i)
+				id := fmt.Sprintf("%sc%d-%d", prefix, g, i)
 				req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"charge":100}`))
 				req.Header.Set("X-Request-Id", id)
 				resp, err := c.Do(req)
@@ -90,7 +91,7 @@ func TestKeepAliveRaceLosesNoPost(t *testing.T) {
 			)
 			app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Populate(&client, &stats))
 			app.RequireStart()
-			res := postRace(t, client, ngx.URL, 16, tt.pause, tt.d)
+			res := postRace(t, client, ngx.URL, "", 16, tt.pause, tt.d)
 			s := stats.Snapshot()
 			app.RequireStop()
 
@@ -116,29 +117,53 @@ func TestKeepAliveRaceLosesNoPost(t *testing.T) {
 	}
 }
 
-// TestKeepAliveRaceBaseline measures, for the README, how many POSTs a transport with the
-// same settings but without httpfx loses in the race above. It asserts nothing and runs only
-// when HTTPFX_BASELINE is set.
-func TestKeepAliveRaceBaseline(t *testing.T) {
+// TestKeepAliveRaceSideBySide measures, for the README, how many POSTs a transport with the
+// same settings but without httpfx loses in the race above, beside httpfx, in alternating
+// rounds against one nginx. It asserts nothing and runs only when HTTPFX_BASELINE is set:
+//
+//	HTTPFX_BASELINE=1 go test -run TestKeepAliveRaceSideBySide -v .
+func TestKeepAliveRaceSideBySide(t *testing.T) {
 	if os.Getenv("HTTPFX_BASELINE") == "" {
-		t.Skip("set HTTPFX_BASELINE=1 to measure net/http alone in the keep-alive race")
+		t.Skip("set HTTPFX_BASELINE=1 to measure net/http alone beside httpfx in the keep-alive race")
 	}
 	ngx := startNginx(t, "100ms")
 	cfg := httpfx.DefaultConfig()
-	tr := &http.Transport{
-		MaxIdleConns: cfg.MaxIdleConns, MaxIdleConnsPerHost: cfg.MaxIdleConnsPerHost,
-		MaxConnsPerHost: cfg.MaxConnsPerHost, IdleConnTimeout: cfg.IdleConnTimeout,
+	type total struct{ sent, failed, processed int }
+	var raw, fx total
+	count := func(tot *total, res raceResult) {
+		ids := ngx.ids(t)
+		tot.sent += int(res.sent)
+		tot.failed += len(res.failures)
+		for _, err := range res.failures {
+			id, _, _ := strings.Cut(err.Error(), ":")
+			tot.processed += ids[id]
+		}
 	}
-	defer tr.CloseIdleConnections()
-	res := postRace(t, &http.Client{Transport: tr}, ngx.URL, 16, 100*time.Millisecond, 10*time.Second)
-	processed := 0
-	ids := ngx.ids(t)
-	for _, err := range res.failures {
-		id, _, _ := strings.Cut(err.Error(), ":")
-		processed += ids[id]
+	for round := range 3 {
+		tr := &http.Transport{
+			MaxIdleConns: cfg.MaxIdleConns, MaxIdleConnsPerHost: cfg.MaxIdleConnsPerHost,
+			MaxConnsPerHost: cfg.MaxConnsPerHost, IdleConnTimeout: cfg.IdleConnTimeout,
+		}
+		count(&raw, postRace(t, &http.Client{Transport: tr}, ngx.URL, fmt.Sprintf("raw%d-", round), 16, 100*time.Millisecond, 5*time.Second))
+		tr.CloseIdleConnections()
+
+		res, err := httpfx.New(httpfx.Params{Config: cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		count(&fx, postRace(t, res.Client, ngx.URL, fmt.Sprintf("fx%d-", round), 16, 100*time.Millisecond, 5*time.Second))
+		if err := httpfx.Shutdown(context.Background(), res.Client); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("after round %d: net/http alone %+v, httpfx %+v", round+1, raw, fx)
 	}
-	t.Logf("net/http alone: %d of %d POSTs failed (%.1f%%); nginx processed %d of the failed ones",
-		len(res.failures), res.sent, 100*float64(len(res.failures))/float64(res.sent), processed)
+	for _, r := range []struct {
+		name string
+		tot  total
+	}{{"net/http alone", raw}, {"httpfx", fx}} {
+		t.Logf("%s: %d of %d POSTs failed (%.2f%%); nginx processed %d of the failed ones",
+			r.name, r.tot.failed, r.tot.sent, 100*float64(r.tot.failed)/float64(r.tot.sent), r.tot.processed)
+	}
 }
 
 // freezer is a loopback TCP proxy that can stop forwarding without closing anything: what a

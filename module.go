@@ -27,8 +27,9 @@ import (
 // Module provides Config (DefaultConfig), *http.Transport (owned), http.RoundTripper (the
 // transport), *http.Client (owned, built over the round tripper) and *Stats, each a separate
 // step so that fx.Decorate can adjust or replace any of them, and registers the start and stop
-// hooks before any of them is built, so that whatever depends on them stops first. It takes a *zap.Logger if the graph has one and never
-// provides one. A Config that fails Validate makes fx.New fail with the error.
+// hooks before any of them is built, so that whatever depends on them stops first. It takes a
+// *zap.Logger and a Resolver if the graph has them and never provides either. A Config that
+// fails Validate makes fx.New fail with the error.
 var Module = fx.Module("httpfx",
 	fx.Provide(DefaultConfig),
 	fx.Provide(fx.Private, newModuleOwner),
