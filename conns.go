@@ -21,6 +21,7 @@ type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error
 type connSet struct {
 	stats  *Stats
 	onLast func(addr string) // called, outside the lock, when the last connection to addr closes
+	obs    *observers        // nil unless observed
 
 	mu      sync.Mutex
 	conns   map[*trackedConn]struct{}
@@ -40,10 +41,12 @@ func (s *connSet) wrap(dial dialFunc) dialFunc {
 			return nil, err
 		}
 		tc := &trackedConn{Conn: c, set: s, addr: addr}
+		s.obs.dialled(tc)
 		if !s.add(tc) {
 			c.Close()
 			return nil, errDialAfterStop
 		}
+		s.obs.connOpened(tc)
 		return tc, nil
 	}
 }
@@ -81,6 +84,7 @@ func (s *connSet) remove(c *trackedConn) {
 		delete(s.perAddr, c.addr)
 	}
 	s.mu.Unlock()
+	s.obs.connClosed(c)
 	if last && s.onLast != nil {
 		s.onLast(c.addr)
 	}
@@ -97,7 +101,7 @@ func (s *connSet) closeAll() int {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.Close()
+		c.closeFor(reasonStop)
 	}
 	return len(conns)
 }
@@ -108,6 +112,8 @@ type trackedConn struct {
 	set    *connSet
 	addr   string // as dialled
 	closed atomic.Bool
+	reason string  // why it closed: set once, by whoever closes it first (closeFor)
+	obs    connObs // its observed state; zero unless observed
 }
 
 // ReadFrom keeps the underlying connection's io.ReaderFrom (sendfile, splice) for request
@@ -123,8 +129,13 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 // into ReadFrom.
 type writerOnly struct{ io.Writer }
 
-func (c *trackedConn) Close() error {
+// Close closes the connection for net/http, the peer or a caller: the reason "closed".
+func (c *trackedConn) Close() error { return c.closeFor(reasonClosed) }
+
+// closeFor closes the connection and, if it is the first to, records reason as why.
+func (c *trackedConn) closeFor(reason string) error {
 	if c.closed.CompareAndSwap(false, true) {
+		c.reason = reason
 		c.set.remove(c)
 	}
 	return c.Conn.Close()

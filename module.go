@@ -27,8 +27,10 @@ import (
 // Module provides Config (DefaultConfig), *http.Transport (owned), http.RoundTripper (the
 // transport), *http.Client (owned, built over the round tripper) and *Stats, each a separate
 // step so that fx.Decorate can adjust or replace any of them, and registers the start and stop
-// hooks before any of them is built, so that whatever depends on them stops first. It takes a *zap.Logger if the graph has one and never
-// provides one. A Config that fails Validate makes fx.New fail with the error.
+// hooks before any of them is built, so that whatever depends on them stops first. It takes a
+// *zap.Logger if the graph has one and never provides one, and the Observers of the value
+// group "httpfx.observers", if any. A Config that fails Validate makes fx.New fail with the
+// error.
 var Module = fx.Module("httpfx",
 	fx.Provide(DefaultConfig),
 	fx.Provide(fx.Private, newModuleOwner),
@@ -45,8 +47,9 @@ var Module = fx.Module("httpfx",
 type ownerParams struct {
 	fx.In
 
-	Config Config
-	Logger *zap.Logger `optional:"true"`
+	Config    Config
+	Logger    *zap.Logger `optional:"true"`
+	Observers []Observer  `group:"httpfx.observers"`
 }
 
 // newModuleOwner builds what httpfx owns and registers the hooks here, where the first piece
@@ -57,6 +60,7 @@ func newModuleOwner(lc fx.Lifecycle, p ownerParams) (*owner, error) {
 	if err != nil {
 		return nil, err
 	}
+	o.setObservers(p.Observers)
 	lc.Append(o.hook())
 	return o, nil
 }

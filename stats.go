@@ -22,6 +22,8 @@ type Stats struct {
 	upstreams map[string]*upstreamStats // by name; written only while the graph is built
 
 	reap func() // finishes requests whose context ended; set before use
+
+	states connStates // connections idle and in use, requests waiting: kept if observed
 }
 
 // Snapshot is a copy of the counters at one moment. Counters are read one by one, so under
@@ -35,6 +37,14 @@ type Snapshot struct {
 	ConnsOpened int64 // connections the owned transport dialled
 	ConnsOpen   int64 // connections of the owned transport open now
 	Cut         int64 // in-flight requests cut because the drain bound expired at stop
+
+	// ConnsIdle and ConnsInUse split ConnsOpen into connections waiting in the pool and
+	// connections carrying a request (HTTP/2: at least one stream); Waiting counts admitted
+	// requests that have no connection yet (dialling, or waiting for one of a connection
+	// limit). They are -1 unless an Observer is installed: net/http tells which connection a
+	// request got only through an httptrace hook, a context and about four allocations per
+	// request, which httpfx pays only when something observes.
+	ConnsIdle, ConnsInUse, Waiting int64
 
 	// Upstreams holds the counters of each upstream client (see Upstream), by name; nil if
 	// there is none. They are part of the totals above.
@@ -66,7 +76,7 @@ func (s *Stats) Snapshot() Snapshot {
 		}
 	}
 	s.mu.Unlock()
-	return Snapshot{
+	snap := Snapshot{
 		Upstreams:   ups,
 		Requests:    s.requests.Load(),
 		InFlight:    s.gate.Load() &^ closedBit,
@@ -76,6 +86,8 @@ func (s *Stats) Snapshot() Snapshot {
 		ConnsOpen:   s.open.Load(),
 		Cut:         s.cut.Load(),
 	}
+	s.states.fill(&snap)
+	return snap
 }
 
 // ReuseRatio is the share of requests that did not need a new connection: 1 − ConnsOpened /

@@ -44,6 +44,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		closeBody(req) // A RoundTripper must always close the body.
 		return nil, ErrClosed
 	}
+	ob, req := o.obs.begin(req, up) // nil unless observed
 	d, cause := o.cfg.Timeout, o.timeoutErr
 	if up != nil {
 		d, cause = up.timeout, up.timeoutErr
@@ -66,6 +67,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		if err := up.acquire(req.Context()); err != nil {
 			up.stats.failed.Add(1)
 			closeBody(req)
+			ob.done(nil, err)
 			o.finish(cancel, nil, true)
 			return nil, err
 		}
@@ -76,6 +78,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		var err error
 		if req, lead, err = o.gate.enter(req); err != nil {
 			closeBody(req)
+			ob.done(nil, err)
 			o.finish(cancel, up, true)
 			return nil, err
 		}
@@ -85,10 +88,13 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		o.gate.leave(req.URL.Host, lead, err == nil)
 	}
 	if err != nil { // next has closed the request body
+		err = o.explain(req, err)
+		ob.done(nil, err)
 		o.finish(cancel, up, true)
-		return nil, o.explain(req, err)
+		return nil, err
 	}
 	if resp.Body == nil || resp.Body == http.NoBody {
+		ob.done(resp, nil)
 		o.finish(cancel, up, false)
 		return resp, nil
 	}
@@ -107,6 +113,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		b = &body{rc: resp.Body, o: o, up: up, cancel: cancel, ctx: ctx}
 		resp.Body = b
 	}
+	b.obs = ob.respond(resp)
 	if !o.bodies.add(b, seq) {
 		b.cut() // stop has cut the bodies in flight already
 		return resp, nil
