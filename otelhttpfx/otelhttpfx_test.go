@@ -127,12 +127,10 @@ func TestMetricsAndSpansAfterKnownLoad(t *testing.T) {
 	_, refusedPortStr, _ := net.SplitHostPort(strings.TrimPrefix(refused, "http://"))
 	refusedPort, _ := strconv.Atoi(refusedPortStr)
 	ok := fmt.Sprintf("http.request.method=GET,http.response.status_code=200,network.protocol.version=1.1,server.address=%s,server.port=%d,url.scheme=http", host, port)
-	wantDurations := map[string]uint64{
-		ok: shared,
-		fmt.Sprintf("error.type=500,http.request.method=GET,http.response.status_code=500,network.protocol.version=1.1,server.address=%s,server.port=%d,url.scheme=http", host, port): fails,
-		strings.Replace(ok, "http.response.status_code=200,", "http.response.status_code=200,httpfx.upstream=search,", 1):                                                             search,
-		fmt.Sprintf("error.type=connection,http.request.method=GET,server.address=%s,server.port=%d,url.scheme=http", host, refusedPort):                                              1,
-	}
+	failed := fmt.Sprintf("error.type=500,http.request.method=GET,http.response.status_code=500,network.protocol.version=1.1,server.address=%s,server.port=%d,url.scheme=http", host, port)
+	viaSearch := strings.Replace(ok, "http.response.status_code=200,", "http.response.status_code=200,httpfx.upstream=search,", 1)
+	noConn := fmt.Sprintf("error.type=connection,http.request.method=GET,server.address=%s,server.port=%d,url.scheme=http", host, refusedPort)
+	wantDurations := map[string]uint64{ok: shared, failed: fails, viaSearch: search, noConn: 1}
 
 	m := collect(t, tel.reader)
 	dur, okType := m["http.client.request.duration"].Data.(metricdata.Histogram[float64])
