@@ -48,16 +48,6 @@ type Observer struct {
 
 var _ httpfx.Observer = (*Observer)(nil)
 
-// Bucket boundaries, in seconds.
-var (
-	// requestBuckets are the semantic conventions' for http.client.request.duration.
-	requestBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
-
-	// connBuckets are for http.client.connection.duration, for which the conventions name
-	// none; these are .NET's, which records the same metric.
-	connBuckets = []float64{0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300}
-)
-
 // NewObserver returns an Observer recording with mp's meter named ScopeName. It returns an
 // error if mp refuses an instrument.
 func NewObserver(mp metric.MeterProvider) (*Observer, error) {
@@ -66,7 +56,8 @@ func NewObserver(mp metric.MeterProvider) (*Observer, error) {
 	var errs [5]error
 	o.duration, errs[0] = m.Float64Histogram("http.client.request.duration",
 		metric.WithDescription("Duration of HTTP client requests."), metric.WithUnit("s"),
-		metric.WithExplicitBucketBoundaries(requestBuckets...))
+		// The stable conventions' boundaries, in seconds.
+		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10))
 	o.active, errs[1] = m.Int64UpDownCounter("http.client.active_requests",
 		metric.WithDescription("Number of active HTTP requests."), metric.WithUnit("{request}"))
 	o.open, errs[2] = m.Int64UpDownCounter("http.client.open_connections",
@@ -74,7 +65,8 @@ func NewObserver(mp metric.MeterProvider) (*Observer, error) {
 		metric.WithUnit("{connection}"))
 	o.connDuration, errs[3] = m.Float64Histogram("http.client.connection.duration",
 		metric.WithDescription("The duration of the successfully established outbound HTTP connections."),
-		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(connBuckets...))
+		// The conventions name no boundaries for it; these are .NET's, which records it too.
+		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))
 	o.retired, errs[4] = m.Int64Counter("httpfx.client.connections.retired",
 		metric.WithDescription("Connections httpfx closed on purpose, by reason."), metric.WithUnit("{connection}"))
 	for _, err := range errs {
