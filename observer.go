@@ -27,7 +27,7 @@ import (
 //
 // With no Observer, httpfx adds nothing per request: no allocation, no clock read. With one,
 // each request costs two clock reads, an httptrace hook (which tells which connection the
-// request got and whether it was reused) and about four allocations, plus the observers' own
+// request got and whether it was reused) and five allocations, plus the observers' own
 // work.
 type Observer interface {
 	// RequestStarted is called once a request is admitted, before anything is sent. Only the

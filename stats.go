@@ -42,8 +42,8 @@ type Snapshot struct {
 	// connections carrying a request (HTTP/2: at least one stream); Waiting counts admitted
 	// requests that have no connection yet (dialling, or waiting for one of a connection
 	// limit). They are -1 unless an Observer is installed: net/http tells which connection a
-	// request got only through an httptrace hook, a context and about four allocations per
-	// request, which httpfx pays only when something observes.
+	// request got only through an httptrace hook, which costs a context and five
+	// allocations per request, so httpfx keeps them only when something observes.
 	ConnsIdle, ConnsInUse, Waiting int64
 
 	// Upstreams holds the counters of each upstream client (see Upstream), by name; nil if

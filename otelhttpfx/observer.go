@@ -42,9 +42,14 @@ type Observer struct {
 	retired      metric.Int64Counter
 	meter        metric.Meter
 
-	mu    sync.Mutex
-	conns map[connKey]*connAttrs // by address and peer, while a connection to them is open
+	mu            sync.Mutex
+	conns         map[connKey]*connAttrs           // by address and peer, while a connection to them is open
+	activeOptions map[activeKey][]metric.AddOption // of http.client.active_requests; up to maxCached
+	reqs          map[reqKey][]metric.RecordOption // of http.client.request.duration; up to maxCached
 }
+
+// maxCached bounds each cache of attribute sets; past it, sets are built per request.
+const maxCached = 1024
 
 var _ httpfx.Observer = (*Observer)(nil)
 
@@ -52,7 +57,12 @@ var _ httpfx.Observer = (*Observer)(nil)
 // error if mp refuses an instrument.
 func NewObserver(mp metric.MeterProvider) (*Observer, error) {
 	m := mp.Meter(ScopeName)
-	o := &Observer{meter: m, conns: make(map[connKey]*connAttrs)}
+	o := &Observer{
+		meter:         m,
+		conns:         make(map[connKey]*connAttrs),
+		activeOptions: make(map[activeKey][]metric.AddOption),
+		reqs:          make(map[reqKey][]metric.RecordOption),
+	}
 	var errs [5]error
 	o.duration, errs[0] = m.Float64Histogram("http.client.request.duration",
 		metric.WithDescription("Duration of HTTP client requests."), metric.WithUnit("s"),
@@ -115,18 +125,64 @@ func (o *Observer) ObserveStats(s *httpfx.Stats) (metric.Registration, error) {
 
 // RequestStarted implements httpfx.Observer: the request is active.
 func (o *Observer) RequestStarted(ev httpfx.RequestEvent) {
-	o.active.Add(context.Background(), 1, metric.WithAttributeSet(activeAttrs(ev)))
+	o.active.Add(context.Background(), 1, o.activeOpts(ev)...)
 }
 
 // RequestFinished implements httpfx.Observer: the request is no longer active, and its
 // duration is recorded.
 func (o *Observer) RequestFinished(ev httpfx.RequestEvent) {
 	ctx := context.Background()
-	o.active.Add(ctx, -1, metric.WithAttributeSet(activeAttrs(ev)))
+	o.active.Add(ctx, -1, o.activeOpts(ev)...)
+	o.duration.Record(ctx, ev.Duration.Seconds(), o.requestOpts(ev)...)
+}
 
+// activeKey identifies the attributes of http.client.active_requests.
+type activeKey struct {
+	host, upstream string
+	port           int
+}
+
+// activeOpts returns the options of ev for http.client.active_requests.
+func (o *Observer) activeOpts(ev httpfx.RequestEvent) []metric.AddOption {
+	k := activeKey{ev.Host, ev.Upstream, ev.Port}
+	o.mu.Lock()
+	opts, ok := o.activeOptions[k]
+	o.mu.Unlock()
+	if ok {
+		return opts
+	}
+	kv := []attribute.KeyValue{attribute.String("server.address", ev.Host), attribute.Int("server.port", ev.Port)}
+	if ev.Upstream != "" {
+		kv = append(kv, attribute.String("httpfx.upstream", ev.Upstream))
+	}
+	opts = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
+	o.mu.Lock()
+	if len(o.activeOptions) < maxCached {
+		o.activeOptions[k] = opts
+	}
+	o.mu.Unlock()
+	return opts
+}
+
+// reqKey identifies the attributes of http.client.request.duration.
+type reqKey struct {
+	method, host, scheme, upstream string
+	port, status, major, minor     int
+	class                          httpfx.ErrorClass
+}
+
+// requestOpts returns the options of ev for http.client.request.duration.
+func (o *Observer) requestOpts(ev httpfx.RequestEvent) []metric.RecordOption {
+	k := reqKey{method(ev.Method), ev.Host, ev.Scheme, ev.Upstream, ev.Port, ev.StatusCode, ev.ProtoMajor, ev.ProtoMinor, ev.Error}
+	o.mu.Lock()
+	opts, ok := o.reqs[k]
+	o.mu.Unlock()
+	if ok {
+		return opts
+	}
 	kv := make([]attribute.KeyValue, 0, 9)
 	kv = append(kv,
-		attribute.String("http.request.method", method(ev.Method)),
+		attribute.String("http.request.method", k.method),
 		attribute.String("server.address", ev.Host),
 		attribute.Int("server.port", ev.Port),
 		attribute.String("url.scheme", ev.Scheme),
@@ -148,7 +204,13 @@ func (o *Observer) RequestFinished(ev httpfx.RequestEvent) {
 	if ev.Upstream != "" {
 		kv = append(kv, attribute.String("httpfx.upstream", ev.Upstream))
 	}
-	o.duration.Record(ctx, ev.Duration.Seconds(), metric.WithAttributeSet(attribute.NewSet(kv...)))
+	opts = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
+	o.mu.Lock()
+	if len(o.reqs) < maxCached {
+		o.reqs[k] = opts
+	}
+	o.mu.Unlock()
+	return opts
 }
 
 // ConnChanged implements httpfx.Observer: it moves the connection between the states of
@@ -158,20 +220,20 @@ func (o *Observer) ConnChanged(ev httpfx.ConnEvent) {
 	a := o.connAttrs(ev)
 	switch ev.Kind {
 	case httpfx.ConnOpened:
-		o.open.Add(ctx, 1, a.idle)
+		o.open.Add(ctx, 1, a.idle...)
 	case httpfx.ConnActive:
-		o.open.Add(ctx, -1, a.idle)
-		o.open.Add(ctx, 1, a.active)
+		o.open.Add(ctx, -1, a.idle...)
+		o.open.Add(ctx, 1, a.active...)
 	case httpfx.ConnIdle:
-		o.open.Add(ctx, -1, a.active)
-		o.open.Add(ctx, 1, a.idle)
+		o.open.Add(ctx, -1, a.active...)
+		o.open.Add(ctx, 1, a.idle...)
 	case httpfx.ConnClosed:
 		if ev.WasActive {
-			o.open.Add(ctx, -1, a.active)
+			o.open.Add(ctx, -1, a.active...)
 		} else {
-			o.open.Add(ctx, -1, a.idle)
+			o.open.Add(ctx, -1, a.idle...)
 		}
-		o.connDuration.Record(ctx, ev.Age.Seconds(), a.conn)
+		o.connDuration.Record(ctx, ev.Age.Seconds(), a.conn...)
 		if ev.Reason != "closed" {
 			o.retired.Add(ctx, 1, metric.WithAttributes(attribute.String("httpfx.connection.reason", ev.Reason)))
 		}
@@ -184,8 +246,9 @@ type connKey struct{ addr, peer string }
 // connAttrs are the measurement options of the connections to one address and peer, built
 // once while any is open.
 type connAttrs struct {
-	conns              int // open connections that use them
-	idle, active, conn metric.MeasurementOption
+	conns        int // open connections that use them
+	idle, active []metric.AddOption
+	conn         []metric.RecordOption
 }
 
 // connAttrs returns the options of ev's connection, counting it in on ConnOpened and out on
@@ -204,9 +267,9 @@ func (o *Observer) connAttrs(ev httpfx.ConnEvent) *connAttrs {
 			attribute.String("network.peer.address", peer),
 		}
 		a = &connAttrs{
-			conn:   metric.WithAttributeSet(attribute.NewSet(base...)),
-			idle:   metric.WithAttributeSet(attribute.NewSet(append(base, attribute.String("http.connection.state", "idle"))...)),
-			active: metric.WithAttributeSet(attribute.NewSet(append(base, attribute.String("http.connection.state", "active"))...)),
+			conn:   []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(base...))},
+			idle:   []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(append(base, attribute.String("http.connection.state", "idle"))...))},
+			active: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(append(base, attribute.String("http.connection.state", "active"))...))},
 		}
 		o.conns[k] = a
 	}
@@ -219,15 +282,6 @@ func (o *Observer) connAttrs(ev httpfx.ConnEvent) *connAttrs {
 		}
 	}
 	return a
-}
-
-// activeAttrs are the attributes of http.client.active_requests.
-func activeAttrs(ev httpfx.RequestEvent) attribute.Set {
-	if ev.Upstream != "" {
-		return attribute.NewSet(attribute.String("server.address", ev.Host), attribute.Int("server.port", ev.Port),
-			attribute.String("httpfx.upstream", ev.Upstream))
-	}
-	return attribute.NewSet(attribute.String("server.address", ev.Host), attribute.Int("server.port", ev.Port))
 }
 
 // method returns m if the conventions know it, else "_OTHER".
