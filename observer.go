@@ -45,16 +45,15 @@ type Observer interface {
 	ConnChanged(ConnEvent)
 }
 
-// RequestEvent describes one request of the owned client or of an upstream client. Its zero
-// value describes nothing.
+// RequestEvent describes one request of the owned client or of an upstream client.
+// RequestStarted gets the fields that describe the request, Method to Upstream;
+// RequestFinished gets them all. It is a plain value, safe to keep and to share.
 type RequestEvent struct {
 	Method   string // the request's method; "GET" if it was empty
 	Scheme   string // the URL's scheme: "http" or "https"
 	Host     string // the URL's host, without port or IPv6 brackets
 	Port     int    // the URL's port, or the scheme's default (80, 443)
 	Upstream string // the name of the upstream client that sent it (see Upstream); "" for the owned client
-
-	// The fields below are set for RequestFinished only.
 
 	// StatusCode is the response's status code; 0 if no response came.
 	StatusCode int
@@ -67,9 +66,9 @@ type RequestEvent struct {
 	// is not a failure: its body failing or being cut is.
 	Error ErrorClass
 
-	// Err is the error the caller saw: the round trip's (before net/http wraps it in a
-	// *url.Error), the body read's, or the context's; nil if the request did not fail. Like
-	// net/http's, it may name the host and port, and never holds the URL's query or userinfo.
+	// Err is the error the caller saw, before net/http's client wraps it in a *url.Error
+	// with the URL: the round trip's, the body read's, or the context's cause; nil if the
+	// request did not fail. It may name the host and port.
 	Err error
 
 	// Duration is the time from admission to finish: the round trip and the response body.
@@ -111,12 +110,12 @@ const (
 // moves one from idle to active, ConnIdle back, and ConnClosed removes one that was active if
 // WasActive is set, else an idle one. Events of one connection may reach an observer out of
 // order when they race (a close while a request finishes), but the counts always add up.
+// Reason, Age and WasActive are set for ConnClosed only. It is a plain value, safe to keep
+// and to share.
 type ConnEvent struct {
 	Kind ConnEventKind // what happened
 	Addr string        // the address dialled, "host:port": the upstream's, or the proxy's with a proxy
 	Peer string        // the remote address of the connection, "ip:port"
-
-	// The fields below are set for ConnClosed only.
 
 	// Reason says why the connection closed: "closed" when net/http or the peer closed it
 	// (an idle timeout, CloseIdleConnections, a broken connection), "stop" when httpfx's
