@@ -36,8 +36,8 @@ import (
 // stop, so that its last export, at its own shutdown, still sees what stop did (requests cut
 // and rejected): an app built many times against one long-lived provider reports each.
 var Module = fx.Module("otelhttpfx",
+	fx.Provide(fx.Private, newModuleObserver),
 	fx.Provide(
-		newModuleObserver,
 		fx.Annotate(func(o *Observer) httpfx.Observer { return o }, fx.ResultTags(`group:"httpfx.observers"`)),
 	),
 	fx.Invoke(func(o *Observer, s *httpfx.Stats) error {
