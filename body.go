@@ -24,20 +24,23 @@ type body struct {
 	up     *upstream          // the upstream client that sent it; nil for the owned client
 	cancel context.CancelFunc // ends the request's own timeout context; nil if none
 	ctx    context.Context    // the request's context, if its end must finish the request
+	obs    *obsReq            // the request's observation; nil unless observed
 	done   atomic.Bool
 }
 
 func (b *body) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	if err != nil {
-		b.end(err != io.EOF)
+	if err == io.EOF {
+		b.end(nil)
+	} else if err != nil {
+		b.end(err)
 	}
 	return n, err
 }
 
 func (b *body) Close() error {
 	err := b.rc.Close()
-	b.end(false)
+	b.end(nil)
 	return err
 }
 
@@ -45,7 +48,7 @@ func (b *body) Close() error {
 // registration is left to end with the context: stop calls it for bodies in flight only.
 func (b *body) watch() {
 	if b.ctx != nil {
-		context.AfterFunc(b.ctx, func() { b.end(true) })
+		context.AfterFunc(b.ctx, func() { b.end(ctxEnded(b.ctx)) })
 	}
 }
 
@@ -53,17 +56,20 @@ func (b *body) watch() {
 // its connection and goroutines, and finishes the request as failed.
 func (b *body) cut() {
 	b.rc.Close()
-	b.end(true)
+	b.end(errCut)
 }
 
 // end finishes the request once, whichever of Read, Close, the context's end and cut comes
-// first.
-func (b *body) end(failed bool) {
+// first; err is nil if the body was finished well, else why it failed.
+func (b *body) end(err error) {
 	if !b.done.CompareAndSwap(false, true) {
 		return
 	}
 	b.o.bodies.remove(b)
-	b.o.finish(b.cancel, b.up, failed)
+	if b.obs != nil {
+		b.obs.finish(err)
+	}
+	b.o.finish(b.cancel, b.up, err != nil)
 }
 
 // rwBody keeps a 101 Switching Protocols body writable, as net/http returns it.
@@ -154,7 +160,7 @@ func (l *bodyList) reap(i int64) {
 		s.mu.Unlock()
 	}
 	for _, b := range ended {
-		b.end(true)
+		b.end(ctxEnded(b.ctx))
 	}
 }
 

@@ -33,6 +33,7 @@ type connSet struct {
 	health *health
 	dns    *dnsCache
 	onLast func(addr string) // called, outside the lock, when the last connection to addr closes
+	obs    *observers        // nil unless observed
 
 	mu      sync.Mutex
 	conns   map[*trackedConn]struct{}
@@ -67,10 +68,12 @@ func (s *connSet) wrap(dial dialFunc) dialFunc {
 				tc.expires = now + l - rand.Int64N(l/10+1) // 90–100% of it: no reconnect storm
 			}
 		}
+		s.obs.dialled(tc)
 		if !s.add(tc) {
 			c.Close()
 			return nil, errDialAfterStop
 		}
+		s.obs.connOpened(tc)
 		return tc, nil
 	}
 }
@@ -108,6 +111,7 @@ func (s *connSet) remove(c *trackedConn) {
 		delete(s.perAddr, c.addr)
 	}
 	s.mu.Unlock()
+	s.obs.connClosed(c)
 	if last && s.onLast != nil {
 		s.onLast(c.addr)
 	}
@@ -136,7 +140,7 @@ func (s *connSet) closeAll() int {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.Close()
+		c.closeFor(reasonStop)
 	}
 	return len(conns)
 }
@@ -164,8 +168,8 @@ type trackedConn struct {
 	h1          atomic.Bool  // a request took it and it speaks HTTP/1.1 (not HTTP/2)
 	gone        atomic.Bool  // DNS no longer returns ip
 	closed      atomic.Bool
-	retiredBy   atomic.Bool // closed by retire, which counted it
-	deadCounted atomic.Bool
+	reason      string  // why it closed: set once, by whoever closes it first (closeFor)
+	obs         connObs // its observed state; zero unless observed
 }
 
 // Read notes when data arrives, and the server's close of an idle connection, which teaches
@@ -261,32 +265,38 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 // into ReadFrom.
 type writerOnly struct{ io.Writer }
 
-// Close closes the connection. A close by net/http right after unasked data is a TLS server
-// closing an idle connection (its close_notify alert), and teaches the idle bound; one after
-// a write went unanswered for HTTP2PingTimeout counts as a dead connection (tls.Conn's Close
-// writes an alert first, so what counts is the first write since the peer last sent data).
-func (c *trackedConn) Close() error {
+// Close closes the connection for net/http, the peer or a caller: the reason "closed", or
+// "dead" after a write went unanswered for HTTP2PingTimeout (tls.Conn's Close writes an
+// alert first, so what counts is the first write since the peer last sent data). A close by
+// net/http right after unasked data is a TLS server closing an idle connection (its
+// close_notify alert), and teaches the idle bound.
+func (c *trackedConn) Close() error { return c.closeFor(reasonClosed) }
+
+// closeFor closes the connection and, if it is the first to, records reason as why.
+func (c *trackedConn) closeFor(reason string) error {
 	if c.closed.CompareAndSwap(false, true) {
-		if h := c.set.health; h != nil && !c.retiredBy.Load() {
+		if h := c.set.health; h != nil && reason == reasonClosed {
 			now := h.clock.now()
 			lr, fu := c.lastRead.Load(), c.unanswered.Load()
 			switch {
 			case h.deadAt > 0 && fu > lr && now-fu >= int64(h.deadAt):
+				reason = RetiredDead
 				c.set.stats.retired(RetiredDead)
 			case now-lr < int64(closeSoon):
 				c.learn(time.Duration(c.unasked.Load()))
 			}
 		}
+		c.reason = reason
 		c.set.remove(c)
 	}
 	return c.Conn.Close()
 }
 
-// retire closes the connection for reason before a request writes to it.
+// retire closes the connection for reason, one of the Retired constants, before a request
+// writes to it.
 func (c *trackedConn) retire(reason string) {
-	c.retiredBy.Store(true)
 	c.set.stats.retired(reason)
-	c.Close()
+	c.closeFor(reason)
 }
 
 // learn teaches the connection's address that its server closed a connection idle for d.

@@ -260,3 +260,45 @@ no_proxy: .svc.cluster.local, 10.0.0.0/8
 	fmt.Println(cfg.TLSMinVersion, cfg.NoProxy, err)
 	// Output: 1.3 .svc.cluster.local, 10.0.0.0/8 <nil>
 }
+
+// slowLog is an Observer that prints the requests slower than a bound, and the failed ones.
+type slowLog struct{ bound time.Duration }
+
+func (l slowLog) RequestStarted(httpfx.RequestEvent) {}
+
+func (l slowLog) RequestFinished(ev httpfx.RequestEvent) {
+	if ev.Error != "" || ev.Duration > l.bound {
+		fmt.Printf("%s %s: status %d, error %q\n", ev.Method, ev.Host, ev.StatusCode, ev.Error)
+	}
+}
+
+func (l slowLog) ConnChanged(httpfx.ConnEvent) {}
+
+// Observe the client's requests and connections with an Observer of your own, given to the
+// module through the value group "httpfx.observers".
+func Example_observer() {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // never answers: the request times out
+	}))
+	defer upstream.Close()
+
+	var client *http.Client
+	app := fx.New(fx.NopLogger, httpfx.Module,
+		fx.Supply(fx.Annotate(slowLog{bound: time.Second}, fx.As(new(httpfx.Observer)), fx.ResultTags(`group:"httpfx.observers"`))),
+		fx.Populate(&client),
+	)
+	if err := app.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, upstream.URL, nil)
+	if _, err := client.Do(req); err == nil {
+		panic("no error")
+	}
+	if err := app.Stop(context.Background()); err != nil {
+		panic(err)
+	}
+	// Output:
+	// GET 127.0.0.1: status 0, error "timeout"
+}

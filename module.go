@@ -28,8 +28,9 @@ import (
 // transport), *http.Client (owned, built over the round tripper) and *Stats, each a separate
 // step so that fx.Decorate can adjust or replace any of them, and registers the start and stop
 // hooks before any of them is built, so that whatever depends on them stops first. It takes a
-// *zap.Logger and a Resolver if the graph has them and never provides either. A Config that
-// fails Validate makes fx.New fail with the error.
+// *zap.Logger and a Resolver if the graph has them and never provides either, and the
+// Observers of the value group "httpfx.observers", if any. A Config that fails Validate makes
+// fx.New fail with the error.
 var Module = fx.Module("httpfx",
 	fx.Provide(DefaultConfig),
 	fx.Provide(fx.Private, newModuleOwner),
@@ -46,9 +47,10 @@ var Module = fx.Module("httpfx",
 type ownerParams struct {
 	fx.In
 
-	Config   Config
-	Logger   *zap.Logger `optional:"true"`
-	Resolver Resolver    `optional:"true"`
+	Config    Config
+	Logger    *zap.Logger `optional:"true"`
+	Resolver  Resolver    `optional:"true"`
+	Observers []Observer  `group:"httpfx.observers"`
 }
 
 // newModuleOwner builds what httpfx owns and registers the hooks here, where the first piece
@@ -59,6 +61,7 @@ func newModuleOwner(lc fx.Lifecycle, p ownerParams) (*owner, error) {
 	if err != nil {
 		return nil, err
 	}
+	o.setObservers(p.Observers)
 	lc.Append(o.hook())
 	return o, nil
 }

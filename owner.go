@@ -34,6 +34,7 @@ type owner struct {
 	bodies   bodyList    // response bodies in flight
 	stopping atomic.Bool // stop has begun: new bodies watch their context
 	gate     *h2gate     // nil if HTTP/2 is off
+	obs      *observers  // nil unless observed; set before use
 
 	drained   chan struct{} // closed once the gate is closed and nothing is in flight
 	drainOnce sync.Once

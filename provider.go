@@ -29,6 +29,11 @@ type Params struct {
 	// Resolver looks up the hosts the owned transport dials, through the DNS cache (see
 	// Config.DNSTTL). Nil means net.DefaultResolver, which httpfx only reads.
 	Resolver Resolver `optional:"true"`
+
+	// Observers receive the events of the client's requests and the transport's connections
+	// (see Observer). Nil means none, and no cost per request. In an fx graph they are the
+	// value group "httpfx.observers".
+	Observers []Observer `group:"httpfx.observers"`
 }
 
 // Result is what New builds. httpfx owns the Transport and the Client and closes them at stop.
@@ -59,6 +64,7 @@ func New(p Params) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	o.setObservers(p.Observers)
 	c := o.newClient(o.transport, o.transport)
 	if p.Lifecycle != nil {
 		p.Lifecycle.Append(o.hook())

@@ -65,6 +65,10 @@ func TestReadmeSnippets(t *testing.T) {
 		t.Fatal(err)
 	}
 	files, _ := filepath.Glob("*_test.go")
+	for _, dir := range []string{"otelhttpfx", "promhttpfx"} { // modules of their own: read, not built
+		more, _ := filepath.Glob(filepath.Join(dir, "*_test.go"))
+		files = append(files, more...)
+	}
 	var code []string
 	for _, f := range files {
 		b, err := os.ReadFile(f)

@@ -32,6 +32,8 @@ type Stats struct {
 
 	reap   func()                          // finishes requests whose context ended; set before use
 	bounds func() map[string]time.Duration // the learned idle bounds; nil: none
+
+	states connStates // connections idle and in use, requests waiting: kept if observed
 }
 
 // Snapshot is a copy of the counters at one moment. Counters are read one by one, so under
@@ -62,6 +64,14 @@ type Snapshot struct {
 	// connection, learned from Keep-Alive headers and from its closes of idle connections;
 	// an address without one is absent. Nil if none is known.
 	IdleBounds map[string]time.Duration
+
+	// ConnsIdle and ConnsInUse split ConnsOpen into connections waiting in the pool and
+	// connections carrying a request (HTTP/2: at least one stream); Waiting counts admitted
+	// requests that have no connection yet (dialling, or waiting for one of a connection
+	// limit). They are -1 unless an Observer is installed: net/http tells which connection a
+	// request got only through an httptrace hook, which costs a context and five
+	// allocations per request, so httpfx keeps them only when something observes.
+	ConnsIdle, ConnsInUse, Waiting int64
 
 	// Upstreams holds the counters of each upstream client (see Upstream), by name; nil if
 	// there is none. They are part of the totals above.
@@ -98,7 +108,7 @@ func (s *Stats) Snapshot() Snapshot {
 		}
 	}
 	s.mu.Unlock()
-	return Snapshot{
+	snap := Snapshot{
 		Upstreams:   ups,
 		Requests:    s.requests.Load(),
 		InFlight:    s.gate.Load() &^ closedBit,
@@ -119,6 +129,8 @@ func (s *Stats) Snapshot() Snapshot {
 		},
 		IdleBounds: bounds,
 	}
+	s.states.fill(&snap)
+	return snap
 }
 
 // ReuseRatio is the share of requests that did not need a new connection: 1 − ConnsOpened /

@@ -41,6 +41,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		closeBody(req) // A RoundTripper must always close the body.
 		return nil, ErrClosed
 	}
+	ob, req := o.obs.begin(req, up) // nil unless observed
 	d, cause := o.cfg.Timeout, o.timeoutErr
 	if up != nil {
 		d, cause = up.timeout, up.timeoutErr
@@ -70,6 +71,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		if err := up.acquire(req.Context()); err != nil {
 			up.done(true, false)
 			closeBody(req)
+			ob.done(nil, err)
 			o.finish(cancel, nil, true)
 			return nil, err
 		}
@@ -82,6 +84,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		var err error
 		if req, lead, err = o.gate.enter(req); err != nil {
 			closeBody(req)
+			ob.done(nil, err)
 			o.finish(cancel, up, true)
 			return nil, err
 		}
@@ -100,10 +103,11 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		o.gate.leave(req.URL.Host, lead, err == nil)
 	}
 	if err != nil { // next has closed the request body
-		o.finish(cancel, up, true)
 		if o.hint != nil {
 			err = o.hint.explain(req, err)
 		}
+		ob.done(nil, err)
+		o.finish(cancel, up, true)
 		return nil, err
 	}
 	if o.hint != nil {
@@ -113,6 +117,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		o.health.keepAlive(req.URL, ka[0])
 	}
 	if resp.Body == nil || resp.Body == http.NoBody {
+		ob.done(resp, nil)
 		o.finish(cancel, up, false)
 		return resp, nil
 	}
@@ -131,6 +136,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		b = &body{rc: resp.Body, o: o, up: up, cancel: cancel, ctx: ctx}
 		resp.Body = b
 	}
+	b.obs = ob.respond(resp)
 	if !o.bodies.add(b, seq) {
 		b.cut() // stop has cut the bodies in flight already
 		return resp, nil

@@ -9,6 +9,11 @@
 // handlers, whose upstream calls the client then drains.
 //
 //	go run ./example
+//
+// The same kind of demo with Prometheus metrics, served on /metrics with a flag, is in the
+// promhttpfx module (which this module cannot import without requiring Prometheus):
+//
+//	cd promhttpfx && go run ./example -metrics 127.0.0.1:9464
 package main
 
 import (

@@ -1,0 +1,485 @@
+package httpfx_test
+
+import (
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/httpfx/httpfx"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxtest"
+)
+
+// recorder is an Observer that keeps every event.
+type recorder struct {
+	mu       sync.Mutex
+	started  []httpfx.RequestEvent
+	finished []httpfx.RequestEvent
+	conns    []httpfx.ConnEvent
+}
+
+var _ httpfx.Observer = (*recorder)(nil)
+
+func (r *recorder) RequestStarted(ev httpfx.RequestEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.started = append(r.started, ev)
+}
+
+func (r *recorder) RequestFinished(ev httpfx.RequestEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.finished = append(r.finished, ev)
+}
+
+func (r *recorder) ConnChanged(ev httpfx.ConnEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.conns = append(r.conns, ev)
+}
+
+// counts returns the requests started and finished and the connections idle, active, opened
+// and closed, as an observer counting the events sees them.
+func (r *recorder) counts() (started, finished, idle, active, opened, closed int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ev := range r.conns {
+		switch ev.Kind {
+		case httpfx.ConnOpened:
+			idle++
+			opened++
+		case httpfx.ConnActive:
+			idle--
+			active++
+		case httpfx.ConnIdle:
+			active--
+			idle++
+		case httpfx.ConnClosed:
+			closed++
+			if ev.WasActive {
+				active--
+			} else {
+				idle--
+			}
+		}
+	}
+	return len(r.started), len(r.finished), idle, active, opened, closed
+}
+
+func (r *recorder) finishedEvents() []httpfx.RequestEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]httpfx.RequestEvent(nil), r.finished...)
+}
+
+func (r *recorder) connEvents() []httpfx.ConnEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]httpfx.ConnEvent(nil), r.conns...)
+}
+
+// observe adds r to the module's observers.
+func observe(r httpfx.Observer) fx.Option {
+	return fx.Supply(fx.Annotate(r, fx.As(new(httpfx.Observer)), fx.ResultTags(`group:"httpfx.observers"`)))
+}
+
+// A known load through the shared client and an upstream client: every request is seen
+// started and finished with its method, origin, status, protocol and upstream; connections
+// are seen opened, active, idle and closed, and their counts match Stats.
+func TestObserverSeesRequestsAndConnections(t *testing.T) {
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/missing" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	rec := new(recorder)
+	var g graph
+	var up *http.Client
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), observe(rec),
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL + "/search/"}),
+		fx.Invoke(fx.Annotate(func(c *http.Client) { up = c }, fx.ParamTags(`name:"search"`))),
+	)
+	app.RequireStart()
+
+	const workers, each = 4, 5
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				mustGet(t, g.Client, u.URL+"/shared")
+				mustGet(t, up, "q")
+			}
+		}()
+	}
+	wg.Wait()
+	resp, err := g.Client.Head(u.URL + "/missing") // no body: finished at the round trip
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+
+	const total = 2*workers*each + 1
+	s := g.Stats.Snapshot()
+	started, finished, idle, active, opened, _ := rec.counts()
+	if started != total || finished != total || s.Requests != total {
+		t.Fatalf("started %d, finished %d, Stats.Requests %d; want %d each", started, finished, s.Requests, total)
+	}
+	if int64(opened) != s.ConnsOpened || int64(idle) != s.ConnsOpen || active != 0 {
+		t.Errorf("events: %d opened, %d idle, %d active; Stats: %d opened, %d open; want them equal and none active",
+			opened, idle, active, s.ConnsOpened, s.ConnsOpen)
+	}
+	if s.ConnsIdle != s.ConnsOpen || s.ConnsInUse != 0 || s.Waiting != 0 {
+		t.Errorf("Snapshot: %d idle, %d in use, %d waiting of %d open; want all idle", s.ConnsIdle, s.ConnsInUse, s.Waiting, s.ConnsOpen)
+	}
+
+	port := u.Listener.Addr().(*net.TCPAddr).Port
+	byUpstream := map[string]int{}
+	reused := 0
+	for _, ev := range rec.finishedEvents() {
+		byUpstream[ev.Upstream]++
+		if ev.Reused {
+			reused++
+		}
+		wantStatus, wantMethod := http.StatusOK, "GET"
+		if ev.Method == "HEAD" {
+			wantStatus, wantMethod = http.StatusNotFound, "HEAD"
+		}
+		if ev.Method != wantMethod || ev.Scheme != "http" || ev.Host != "127.0.0.1" || ev.Port != port ||
+			ev.StatusCode != wantStatus || ev.ProtoMajor != 1 || ev.ProtoMinor != 1 || ev.Error != "" || ev.Err != nil ||
+			ev.Duration <= 0 {
+			t.Errorf("finished event %+v: want %s http://127.0.0.1:%d, status %d, HTTP/1.1, no error, a duration", ev, wantMethod, port, wantStatus)
+		}
+	}
+	if byUpstream[""] != workers*each+1 || byUpstream["search"] != workers*each {
+		t.Errorf("requests by upstream = %v, want %d for the shared client and %d for search", byUpstream, workers*each+1, workers*each)
+	}
+	if want := total - opened; reused != want {
+		t.Errorf("%d requests reused a connection, want %d (requests − connections opened)", reused, want)
+	}
+
+	app.RequireStop()
+	_, _, idle, active, opened, closed := rec.counts()
+	if idle != 0 || active != 0 || closed != opened {
+		t.Errorf("after stop: %d idle, %d active, %d of %d closed; want all closed", idle, active, closed, opened)
+	}
+	for _, ev := range rec.connEvents() {
+		if ev.Addr != u.Listener.Addr().String() || !strings.HasPrefix(ev.Peer, "127.0.0.1:") {
+			t.Errorf("conn event %+v: want the upstream's address", ev)
+		}
+		if ev.Kind == httpfx.ConnClosed && (ev.Reason != "closed" || ev.Age <= 0) {
+			t.Errorf("conn closed %+v: want reason closed (idle, closed by stop's CloseIdleConnections) and an age", ev)
+		}
+	}
+	u.requireNoConns(t)
+}
+
+// Without an observer, the connection states are unknown.
+func TestSnapshotStatesUnknownWithoutObserver(t *testing.T) {
+	u := newUpstream(t, okHandler())
+	res, err := httpfx.New(httpfx.Params{Config: httpfx.DefaultConfig(), Observers: []httpfx.Observer{nil}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustGet(t, res.Client, u.URL)
+	if s := res.Stats.Snapshot(); s.ConnsIdle != -1 || s.ConnsInUse != -1 || s.Waiting != -1 {
+		t.Errorf("Snapshot = %+v, want -1 idle, in use and waiting", s)
+	}
+	if err := httpfx.Shutdown(context.Background(), res.Client); err != nil {
+		t.Fatal(err)
+	}
+	u.requireNoConns(t)
+}
+
+// A request holding a connection, and one waiting for the upstream's only one, show as in
+// use and waiting; New takes observers through Params.
+func TestObserverInUseAndWaiting(t *testing.T) {
+	hold := newGate()
+	defer hold.release()
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.(http.Flusher).Flush()
+		hold.wait()
+	}))
+	rec := new(recorder)
+	cfg := httpfx.DefaultConfig()
+	cfg.MaxConnsPerHost, cfg.MaxIdleConnsPerHost = 1, 1
+	res, err := httpfx.New(httpfx.Params{Config: cfg, Observers: []httpfx.Observer{rec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := get(res.Client, u.URL)
+			errs <- err
+		}()
+	}
+	waitFor(t, "one request held, one waiting", func() bool {
+		s := res.Stats.Snapshot()
+		return hold.waiting.Load() == 1 && s.ConnsInUse == 1 && s.ConnsIdle == 0 && s.Waiting == 1
+	})
+	if _, _, idle, active, _, _ := rec.counts(); idle != 0 || active != 1 {
+		t.Errorf("events: %d idle, %d active; want 0 and 1", idle, active)
+	}
+	hold.release()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := res.Stats.Snapshot(); s.ConnsInUse != 0 || s.ConnsIdle != 1 || s.Waiting != 0 {
+		t.Errorf("after: %+v, want the connection idle and nothing waiting", s)
+	}
+	if err := httpfx.Shutdown(context.Background(), res.Client); err != nil {
+		t.Fatal(err)
+	}
+	u.requireNoConns(t)
+}
+
+// Over HTTP/2 a connection carries many requests: it is active while any is in flight.
+func TestObserverHTTP2(t *testing.T) {
+	hold := newGate()
+	defer hold.release()
+	u := newTLSUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			w.(http.Flusher).Flush()
+			hold.wait()
+		}
+		io.WriteString(w, "ok")
+	}), true)
+	rec := new(recorder)
+	cfg := httpfx.DefaultConfig()
+	cfg.TLSCAPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: u.Certificate().Raw}))
+	res, err := httpfx.New(httpfx.Params{Config: cfg, Observers: []httpfx.Observer{rec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustGet(t, res.Client, u.URL) // the HTTP/2 connection
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := get(res.Client, u.URL+"/hold")
+			errs <- err
+		}()
+	}
+	waitFor(t, "three streams held", func() bool { return hold.waiting.Load() == 3 })
+	if s := res.Stats.Snapshot(); s.ConnsOpen != 1 || s.ConnsInUse != 1 || s.ConnsIdle != 0 {
+		t.Errorf("three streams on one connection: %+v, want it open and in use", s)
+	}
+	hold.release()
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := res.Stats.Snapshot(); s.ConnsInUse != 0 || s.ConnsIdle != 1 {
+		t.Errorf("after: %+v, want one idle connection", s)
+	}
+	for _, ev := range rec.finishedEvents() {
+		if ev.ProtoMajor != 2 || ev.Scheme != "https" {
+			t.Errorf("event %+v: want HTTP/2 over https", ev)
+		}
+	}
+	if err := httpfx.Shutdown(context.Background(), res.Client); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, idle, active, opened, closed := rec.counts(); idle != 0 || active != 0 || opened != 1 || closed != 1 {
+		t.Errorf("events: %d idle, %d active, %d opened, %d closed; want one opened and closed", idle, active, opened, closed)
+	}
+	u.requireNoConns(t)
+}
+
+// Each way a request fails has its class.
+func TestObserverErrorClasses(t *testing.T) {
+	stalls := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "partial")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := "http://" + ln.Addr().String()
+	ln.Close()
+
+	tests := []struct {
+		name string
+		give func(t *testing.T, c *http.Client)
+		want httpfx.ErrorClass
+	}{
+		{"connection refused", func(t *testing.T, c *http.Client) {
+			if _, err := get(c, closedPort); err == nil {
+				t.Error("no error")
+			}
+		}, httpfx.ErrorConnection},
+		{"timeout reading the body", func(t *testing.T, c *http.Client) {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, stalls.URL, nil)
+			if _, _, err := send(c, req); err == nil {
+				t.Error("no error")
+			}
+		}, httpfx.ErrorTimeout},
+		{"canceled, body never read", func(t *testing.T, c *http.Client) {
+			ctx, cancel := context.WithCancel(context.Background())
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, stalls.URL, nil)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			cancel()
+			if _, err := io.ReadAll(resp.Body); err == nil {
+				t.Error("no error")
+			}
+		}, httpfx.ErrorCanceled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := new(recorder)
+			res, err := httpfx.New(httpfx.Params{Config: httpfx.DefaultConfig(), Observers: []httpfx.Observer{rec}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.give(t, res.Client)
+			evs := rec.finishedEvents()
+			if len(evs) != 1 || evs[0].Error != tt.want || evs[0].Err == nil {
+				t.Errorf("finished events %+v, want one with class %q and its error", evs, tt.want)
+			}
+			if err := httpfx.Shutdown(context.Background(), res.Client); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	stalls.requireNoConns(t)
+}
+
+// A request cut at stop is finished with class closed before stop returns, and its
+// connection closes with reason stop.
+func TestObserverCutAtStop(t *testing.T) {
+	hang := newGate()
+	defer hang.release()
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.(http.Flusher).Flush()
+		hang.wait()
+	}))
+	rec := new(recorder)
+	cfg := httpfx.DefaultConfig()
+	cfg.DrainTimeout = 100 * time.Millisecond
+	res, err := httpfx.New(httpfx.Params{Config: cfg, Observers: []httpfx.Observer{rec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := res.Client.Get(u.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := httpfx.Shutdown(context.Background(), res.Client); err == nil || !strings.Contains(err.Error(), "cut 1") {
+		t.Fatalf("stop: %v, want 1 cut", err)
+	}
+	evs := rec.finishedEvents()
+	if len(evs) != 1 || evs[0].Error != httpfx.ErrorClosed || !errors.Is(evs[0].Err, httpfx.ErrClosed) || evs[0].StatusCode != 200 {
+		t.Errorf("finished events %+v, want one closed, wrapping ErrClosed, with its status", evs)
+	}
+	var reasons []string
+	for _, ev := range rec.connEvents() {
+		if ev.Kind == httpfx.ConnClosed {
+			reasons = append(reasons, fmt.Sprintf("%s active=%v", ev.Reason, ev.WasActive))
+		}
+	}
+	// The cut closes the body, and so net/http closes the connection; or stop does.
+	if len(reasons) != 1 || (reasons[0] != "closed active=true" && reasons[0] != "stop active=true") {
+		t.Errorf("connection closes: %v, want one, while active", reasons)
+	}
+	hang.release()
+	u.requireNoConns(t)
+}
+
+// A connection still open when stop closes the set closes with reason stop.
+func TestObserverStopReason(t *testing.T) {
+	hang := newGate()
+	defer hang.release()
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hang.wait() }))
+	rec := new(recorder)
+	cfg := httpfx.DefaultConfig()
+	cfg.DrainTimeout, cfg.ResponseHeaderTimeout, cfg.Timeout = 100*time.Millisecond, 0, 0
+	res, err := httpfx.New(httpfx.Params{Config: cfg, Observers: []httpfx.Observer{rec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 1)
+	go func() {
+		_, err := get(res.Client, u.URL) // waits for headers: only closing its connection ends it
+		errs <- err
+	}()
+	waitFor(t, "the request reaches the handler", func() bool { return hang.waiting.Load() == 1 })
+	if err := httpfx.Shutdown(context.Background(), res.Client); err == nil {
+		t.Fatal("stop: no error, want 1 cut")
+	}
+	if err := <-errs; err == nil {
+		t.Fatal("the cut request succeeded")
+	}
+	evs := rec.finishedEvents()
+	if len(evs) != 1 || evs[0].Error != httpfx.ErrorClosed || evs[0].StatusCode != 0 {
+		t.Errorf("finished events %+v, want one closed without status", evs)
+	}
+	var closes []httpfx.ConnEvent
+	for _, ev := range rec.connEvents() {
+		if ev.Kind == httpfx.ConnClosed {
+			closes = append(closes, ev)
+		}
+	}
+	if len(closes) != 1 || closes[0].Reason != "stop" || !closes[0].WasActive {
+		t.Errorf("connection closes %+v, want one by stop while active", closes)
+	}
+	hang.release()
+	u.requireNoConns(t)
+}
+
+// Several observers all see every event.
+func TestObserversGroup(t *testing.T) {
+	u := newUpstream(t, okHandler())
+	a, b := new(recorder), new(recorder)
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), observe(a), observe(b))
+	app.RequireStart()
+	mustGet(t, g.Client, u.URL)
+	app.RequireStop()
+	for i, r := range []*recorder{a, b} {
+		if s, f, _, _, o, c := r.counts(); s != 1 || f != 1 || o != 1 || c != 1 {
+			t.Errorf("observer %d saw %d started, %d finished, %d opened, %d closed; want 1 each", i, s, f, o, c)
+		}
+	}
+	u.requireNoConns(t)
+}
+
+func TestConnEventKindString(t *testing.T) {
+	tests := []struct {
+		give httpfx.ConnEventKind
+		want string
+	}{
+		{httpfx.ConnOpened, "opened"},
+		{httpfx.ConnActive, "active"},
+		{httpfx.ConnIdle, "idle"},
+		{httpfx.ConnClosed, "closed"},
+		{0, "ConnEventKind(0)"},
+	}
+	for _, tt := range tests {
+		if got := tt.give.String(); got != tt.want {
+			t.Errorf("%d.String() = %q, want %q", int(tt.give), got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,299 @@
+package promhttpfx_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/promhttpfx"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxtest"
+)
+
+// graph is what a test takes from the app.
+type graph struct {
+	Client *http.Client
+	Stats  *httpfx.Stats
+	Search *http.Client
+}
+
+func populate(g *graph) fx.Option {
+	return fx.Options(
+		fx.Populate(&g.Client, &g.Stats),
+		fx.Invoke(fx.Annotate(func(c *http.Client) { g.Search = c }, fx.ParamTags(`name:"search"`))),
+	)
+}
+
+// withRegistry puts reg in the graph as the app's prometheus.Registerer.
+func withRegistry(reg *prometheus.Registry) fx.Option {
+	return fx.Supply(fx.Annotate(reg, fx.As(new(prometheus.Registerer))))
+}
+
+// get sends a GET through c and reads the whole body.
+func get(c *http.Client, url string) (int, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, err = io.ReadAll(resp.Body)
+	return resp.StatusCode, err
+}
+
+// gather returns the registry's metric families by name.
+func gather(t testing.TB, g prometheus.Gatherer) map[string]*dto.MetricFamily {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
+
+// value returns the value of the metric of family name whose labels are labels ("k", "v",
+// ...), and whether there is one.
+func value(mfs map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
+	for _, m := range mfs[name].GetMetric() {
+		match := true
+		for i := 0; i < len(labels); i += 2 {
+			found := false
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+					found = true
+				}
+			}
+			match = match && found
+		}
+		if !match {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue(), true
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+// After a known load through the shared and an upstream client, the registry gathers values
+// equal to Stats and the request durations by label, and the linter finds nothing.
+func TestRegistryEqualsStats(t *testing.T) {
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/missing") {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	refused := closedPort(t)
+	reg := prometheus.NewRegistry()
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, withRegistry(reg), httpfx.Module, promhttpfx.Module,
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL + "/search/"}), populate(&g))
+	app.RequireStart()
+
+	const shared, search, missing = 10, 5, 2
+	for range shared {
+		if code, err := get(g.Client, u.URL); err != nil || code != 200 {
+			t.Fatalf("GET: %d, %v", code, err)
+		}
+	}
+	for range search {
+		if code, err := get(g.Search, "q"); err != nil || code != 200 {
+			t.Fatalf("GET search: %d, %v", code, err)
+		}
+	}
+	for range missing {
+		if code, _ := get(g.Search, "missing"); code != 404 {
+			t.Fatalf("GET missing: %d, want 404", code)
+		}
+	}
+	if _, err := get(g.Client, refused); err == nil {
+		t.Fatal("GET of a closed port succeeded")
+	}
+
+	mfs := gather(t, reg)
+	s := g.Stats.Snapshot()
+	tests := []struct {
+		give   string
+		labels []string
+		want   int64
+	}{
+		{"httpfx_requests_total", nil, s.Requests},
+		{"httpfx_requests_in_flight", nil, s.InFlight},
+		{"httpfx_requests_failed_total", nil, s.Failed},
+		{"httpfx_requests_rejected_total", nil, s.Rejected},
+		{"httpfx_requests_cut_total", nil, s.Cut},
+		{"httpfx_requests_waiting", nil, s.Waiting},
+		{"httpfx_connections_opened_total", nil, s.ConnsOpened},
+		{"httpfx_connections_open", nil, s.ConnsOpen},
+		{"httpfx_connections_idle", nil, s.ConnsIdle},
+		{"httpfx_connections_in_use", nil, s.ConnsInUse},
+		{"httpfx_upstream_requests_total", []string{"upstream", "search"}, s.Upstreams["search"].Requests},
+		{"httpfx_upstream_requests_in_flight", []string{"upstream", "search"}, s.Upstreams["search"].InFlight},
+		{"httpfx_upstream_requests_failed_total", []string{"upstream", "search"}, s.Upstreams["search"].Failed},
+		{"httpfx_request_duration_seconds", []string{"upstream", "", "method", "GET", "code", "200", "error", ""}, shared},
+		{"httpfx_request_duration_seconds", []string{"upstream", "search", "code", "200"}, search},
+		{"httpfx_request_duration_seconds", []string{"upstream", "search", "code", "404"}, missing},
+		{"httpfx_request_duration_seconds", []string{"upstream", "", "code", "", "error", "connection"}, 1},
+	}
+	for _, tt := range tests {
+		got, ok := value(mfs, tt.give, tt.labels...)
+		if !ok || got != float64(tt.want) {
+			t.Errorf("%s%v = %v (found %v), want %d", tt.give, tt.labels, got, ok, tt.want)
+		}
+	}
+	if s.Requests != shared+search+missing+1 || s.Failed != 1 || s.ConnsIdle != s.ConnsOpen {
+		t.Errorf("Stats %+v: the load is not what the test meant", s)
+	}
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+
+	app.RequireStop()
+	if n := len(gather(t, reg)); n != 0 {
+		t.Errorf("%d metric families left after stop, want the collector unregistered", n)
+	}
+	u.requireNoConns(t)
+}
+
+// Without a Registerer in the graph, the Module registers on prometheus.DefaultRegisterer
+// and unregisters at stop, so that the app can be built again; a second registration on one
+// registry fails fx.New.
+func TestRegisterers(t *testing.T) {
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	for i := range 2 {
+		var c *http.Client
+		app := fxtest.New(t, fx.NopLogger, httpfx.Module, promhttpfx.Module, fx.Populate(&c))
+		app.RequireStart()
+		if _, err := get(c, u.URL); err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := value(gather(t, prometheus.DefaultGatherer), "httpfx_requests_total"); !ok || v != 1 {
+			t.Errorf("app %d: default registry has httpfx_requests_total = %v (%v), want 1", i, v, ok)
+		}
+		app.RequireStop()
+		if _, ok := gather(t, prometheus.DefaultGatherer)["httpfx_requests_total"]; ok {
+			t.Errorf("app %d: still registered on the default registry after stop", i)
+		}
+	}
+
+	reg := prometheus.NewRegistry()
+	first := fxtest.New(t, fx.NopLogger, withRegistry(reg), httpfx.Module, promhttpfx.Module)
+	first.RequireStart()
+	second := fx.New(fx.NopLogger, withRegistry(reg), httpfx.Module, promhttpfx.Module)
+	if err := second.Err(); err == nil || !strings.Contains(err.Error(), "promhttpfx: register: ") {
+		t.Errorf("second registration: %v, want a promhttpfx: register error", err)
+	}
+	first.RequireStop()
+	u.requireNoConns(t)
+}
+
+// With the module in the graph, stop still drains a body in flight, scrapes see it until
+// httpfx has stopped, and requests after stop fail with ErrClosed.
+func TestDrainWithModule(t *testing.T) {
+	release := newGate()
+	defer release.release()
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "first ")
+		w.(http.Flusher).Flush()
+		release.wait()
+		io.WriteString(w, "last")
+	}))
+	reg := prometheus.NewRegistry()
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, withRegistry(reg), httpfx.Module, promhttpfx.Module,
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL}), populate(&g))
+	app.RequireStart()
+	resp, err := g.Client.Get(u.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- app.Stop(context.Background()) }()
+	refused := closedPort(t)
+	waitFor(t, "stop closes the gate", func() bool {
+		_, err := get(g.Search, refused)
+		return errors.Is(err, httpfx.ErrClosed)
+	})
+	if v, _ := value(gather(t, reg), "httpfx_requests_in_flight"); v != 1 {
+		t.Errorf("in flight during the drain = %v, want 1", v)
+	}
+	release.release()
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(b) != "first last" {
+		t.Fatalf("drained body %q, %v; want it whole", b, err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if s := g.Stats.Snapshot(); s.InFlight != 0 || s.ConnsOpen != 0 || s.Rejected == 0 {
+		t.Errorf("after stop %+v, want nothing in flight or open, and the probes rejected", s)
+	}
+	u.requireNoConns(t)
+}
+
+// Without fx: the Observer goes to httpfx.New, the Collector reads the Stats it returns; a
+// request cut at stop shows in the cut counter and the histogram.
+func TestWithoutFx(t *testing.T) {
+	hang := newGate()
+	defer hang.release()
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.(http.Flusher).Flush()
+		hang.wait()
+	}))
+	obs := promhttpfx.NewObserver()
+	cfg := httpfx.DefaultConfig()
+	cfg.DrainTimeout = 100 * time.Millisecond
+	res, err := httpfx.New(httpfx.Params{Config: cfg, Observers: []httpfx.Observer{obs}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(promhttpfx.NewCollector(res.Stats, obs))
+	resp, err := res.Client.Get(u.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := httpfx.Shutdown(context.Background(), res.Client); err == nil {
+		t.Fatal("stop: no error, want 1 cut")
+	}
+	mfs := gather(t, reg)
+	if v, _ := value(mfs, "httpfx_requests_cut_total"); v != 1 {
+		t.Errorf("httpfx_requests_cut_total = %v, want 1", v)
+	}
+	if v, _ := value(mfs, "httpfx_request_duration_seconds", "code", "200", "error", "closed"); v != 1 {
+		t.Errorf("cut requests in the histogram = %v, want 1", v)
+	}
+	var closed float64
+	for _, m := range mfs["httpfx_connections_closed_total"].GetMetric() {
+		closed += m.GetCounter().GetValue()
+	}
+	if closed != 1 {
+		t.Errorf("httpfx_connections_closed_total = %v, want 1", closed)
+	}
+	hang.release()
+	u.requireNoConns(t)
+}
