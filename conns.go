@@ -158,18 +158,18 @@ type trackedConn struct {
 	peer    *peer      // what is known of addr; nil without health
 	expires int64      // on health's clock, when it is past MaxConnLifetime; zero: never
 
-	lastRead    atomic.Int64 // on health's clock: the last Read that returned data
-	lastWrite   atomic.Int64 // the last Write
-	unasked     atomic.Int64 // how long the connection was idle before the last Read's data arrived, if it was
-	unanswered  atomic.Int64 // the first Write since the last Read that returned data
-	written     atomic.Int64 // bytes written
-	reqStart    atomic.Int64 // written when the request in flight began (HTTP/1.1)
-	peerClosed  atomic.Bool  // a Read returned the peer's EOF or reset
-	h1          atomic.Bool  // a request took it and it speaks HTTP/1.1 (not HTTP/2)
-	gone        atomic.Bool  // DNS no longer returns ip
-	closed      atomic.Bool
-	reason      string  // why it closed: set once, by whoever closes it first (closeFor)
-	obs         connObs // its observed state; zero unless observed
+	lastRead   atomic.Int64 // on health's clock: the last Read that returned data
+	lastWrite  atomic.Int64 // the last Write
+	unasked    atomic.Int64 // how long the connection was idle before the last Read's data arrived, if it was
+	unanswered atomic.Int64 // the first Write since the last Read that returned data
+	written    atomic.Int64 // bytes written
+	reqStart   atomic.Int64 // written when the request in flight began (HTTP/1.1)
+	peerClosed atomic.Bool  // a Read returned the peer's EOF or reset
+	h1         atomic.Bool  // a request took it and it speaks HTTP/1.1 (not HTTP/2)
+	gone       atomic.Bool  // DNS no longer returns ip
+	closed     atomic.Bool
+	reason     string  // why it closed: set once, by whoever closes it first (closeFor)
+	obs        connObs // its observed state; zero unless observed
 }
 
 // Read notes when data arrives, and the server's close of an idle connection, which teaches
