@@ -60,6 +60,7 @@ type benchVariant struct {
 var benchVariants = []benchVariant{
 	{name: "httpfx", build: buildHTTPFX},
 	{name: "raw", build: buildRaw},
+	{name: "rawtuned", build: buildRawTuned},
 }
 
 // buildHTTPFX builds the owned client with DefaultConfig, trusting roots, and stops it with
@@ -103,6 +104,22 @@ func buildRaw(tb testing.TB, roots *x509.CertPool) benchClient {
 	t.ForceAttemptHTTP2 = !cfg.DisableHTTP2
 	c := &http.Client{Transport: t, Timeout: cfg.Timeout}
 	return benchClient{client: c, stop: func(testing.TB) { t.CloseIdleConnections() }}
+}
+
+// buildRawTuned builds the hand-tuned transport a careful user writes without httpfx: a large
+// idle pool per host, and no timeouts beyond the dial's and the TLS handshake's (no
+// ResponseHeaderTimeout, no Client.Timeout): the cheapest client that is still pooled.
+func buildRawTuned(tb testing.TB, roots *x509.CertPool) benchClient {
+	t := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots},
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 512,
+		IdleConnTimeout:     90 * time.Second,
+		ForceAttemptHTTP2:   true,
+	}
+	return benchClient{client: &http.Client{Transport: t}, stop: func(testing.TB) { t.CloseIdleConnections() }}
 }
 
 // BenchmarkClient measures one GET of a ~100-byte body through httpfx's owned client and

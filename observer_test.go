@@ -400,9 +400,11 @@ func TestObserverCutAtStop(t *testing.T) {
 			reasons = append(reasons, fmt.Sprintf("%s active=%v", ev.Reason, ev.WasActive))
 		}
 	}
-	// The cut closes the body, and so net/http closes the connection; or stop does.
-	if len(reasons) != 1 || (reasons[0] != "closed active=true" && reasons[0] != "stop active=true") {
-		t.Errorf("connection closes: %v, want one, while active", reasons)
+	// The cut closes the body, and so net/http closes the connection; or stop does. The cut
+	// finishes the request as it closes the body, so the connection may already count as
+	// idle when it closes: either way the counts add up.
+	if len(reasons) != 1 || (!strings.HasPrefix(reasons[0], "closed ") && !strings.HasPrefix(reasons[0], "stop ")) {
+		t.Errorf("connection closes: %v, want one, by net/http or stop", reasons)
 	}
 	hang.release()
 	u.requireNoConns(t)
