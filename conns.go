@@ -48,9 +48,19 @@ func (s *connSet) wrap(dial dialFunc) dialFunc {
 		if s.isClosed() {
 			return nil, errDialAfterStop
 		}
+		p, _ := ctx.Value(prewarmKey{}).(*prewarmDial) // a dial of prewarm: cold path only
+		if p != nil {
+			p.began()
+		}
 		c, err := dial(ctx, network, addr)
+		if p != nil && err != nil {
+			p.report(err)
+		}
 		if err != nil {
 			return nil, err
+		}
+		if p != nil && !p.tls {
+			defer p.report(nil) // once it is counted
 		}
 		tc := &trackedConn{Conn: c, set: s, addr: addr}
 		if rc, ok := c.(*resolvedConn); ok {
@@ -115,6 +125,13 @@ func (s *connSet) remove(c *trackedConn) {
 	if last && s.onLast != nil {
 		s.onLast(c.addr)
 	}
+}
+
+// count returns how many connections to addr are open.
+func (s *connSet) count(addr string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.perAddr[addr]
 }
 
 // markGone marks the connections to host whose address is not in keep, so that they are

@@ -17,8 +17,10 @@ func (o *owner) hook() fx.Hook {
 }
 
 // start logs the effective settings once, and whether the graph hands out a client or
-// transport that httpfx did not build. It never fails.
-func (o *owner) start(context.Context) error {
+// transport that httpfx did not build, and pre-warms the upstreams that ask for it, as long as
+// ctx allows. It never fails.
+func (o *owner) start(ctx context.Context) error {
+	defer o.prewarmUpstreams(ctx)
 	c := o.cfg
 	o.log.Info("httpfx client ready",
 		zap.Duration("timeout", c.Timeout),

@@ -22,11 +22,12 @@ type owner struct {
 	timeoutErr error           // the cause of a request's context when Config.Timeout expires
 
 	// Set while the graph is built, before start; read-only afterwards.
-	client   *http.Client    // the client httpfx built, nil until built
-	tracker  *tracker        // client's round tripper, shared by the upstream clients
-	inUse    *http.Transport // the *http.Transport the client was built over
-	inGraph  *http.Client    // the *http.Client the graph hands out (Module only)
-	nextType string          // the type of the round tripper under the client, for the start log
+	client    *http.Client    // the client httpfx built, nil until built
+	tracker   *tracker        // client's round tripper, shared by the upstream clients
+	inUse     *http.Transport // the *http.Transport the client was built over
+	inGraph   *http.Client    // the *http.Client the graph hands out (Module only)
+	nextType  string          // the type of the round tripper under the client, for the start log
+	upstreams []*upstream     // the upstream clients built
 
 	hint     *certHint   // explains mutual-TLS failures; nil if a client certificate is configured
 	health   *health     // retires connections before they can lose a request; nil if the transport is not the owned one

@@ -40,6 +40,14 @@ type UpstreamConfig struct {
 	// connections it holds of the shared pool at once; requests beyond it wait, as long as
 	// their context allows. Zero means only Config.MaxConnsPerHost bounds it.
 	MaxConnsPerHost int `yaml:"max_conns_per_host" json:"max_conns_per_host"`
+
+	// Prewarm is how many connections to BaseURL's origin httpfx opens at start, so that the
+	// first burst after a deploy pays no TCP or TLS handshake per caller. It sends no request,
+	// waits at most as long as the start context allows, and never fails start: an upstream
+	// that is down is logged, and its requests dial as they need. Upstreams that share an
+	// origin get the largest of their counts; an HTTP/2 upstream keeps one connection, as
+	// net/http does (set 1 for one). Zero means none.
+	Prewarm int `yaml:"prewarm" json:"prewarm"`
 }
 
 // Upstream declares a *http.Client named name (take it with the tag `name:"<name>"`) for
@@ -109,6 +117,9 @@ func (u UpstreamConfig) validate(name string, complete bool) error {
 	if u.MaxConnsPerHost < 0 {
 		bad("MaxConnsPerHost is %d: want zero (no extra limit) or a positive number", u.MaxConnsPerHost)
 	}
+	if u.Prewarm < 0 {
+		bad("Prewarm is %d: want zero (none) or a positive number of connections", u.Prewarm)
+	}
 	return errors.Join(errs...)
 }
 
@@ -133,6 +144,9 @@ func (u UpstreamConfig) overlay(file UpstreamConfig) UpstreamConfig {
 	}
 	if file.MaxConnsPerHost != 0 {
 		u.MaxConnsPerHost = file.MaxConnsPerHost
+	}
+	if file.Prewarm != 0 {
+		u.Prewarm = file.Prewarm
 	}
 	return u
 }
@@ -172,6 +186,7 @@ type upstream struct {
 	timeout    time.Duration // of the whole request; zero: none
 	timeoutErr error         // the cause of a request's context when timeout expires
 	slots      chan struct{} // MaxConnsPerHost tokens; nil if unbounded
+	prewarm    int           // connections to open at start
 	t          *tracker
 	stats      *upstreamStats
 }
@@ -209,6 +224,8 @@ func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, err
 		u.slots = make(chan struct{}, cfg.MaxConnsPerHost)
 	}
 	u.stats = o.stats.addUpstream(name)
+	u.prewarm = cfg.Prewarm
+	o.upstreams = append(o.upstreams, u)
 	return &http.Client{Transport: u, CheckRedirect: redirectPolicy(base)}, nil
 }
 

@@ -1,0 +1,181 @@
+package httpfx
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// prewarmKey is the context key of a pre-warming dial's *prewarmDial.
+type prewarmKey struct{}
+
+// prewarmDial is one connection that prewarm opens. Its request carries it in its context;
+// the dial, which keeps the request's context values, finds it in connSet.wrap.
+type prewarmDial struct {
+	cancel  context.CancelFunc // cancels the request as soon as its dial has begun
+	started chan<- struct{}    // told once the dial has begun
+	release <-chan struct{}    // closed when every dial of the batch has begun
+	stop    <-chan struct{}    // the start context's end
+	done    chan error         // the first outcome: the dial's (the handshake's for https), or the request's
+	tls     bool               // the handshake's outcome is the one that counts
+}
+
+// began is called by connSet.wrap when the dial of a pre-warming request begins: it cancels
+// the request, which then never takes a connection and sends nothing, and holds the dial
+// until every dial of the batch has begun, so that no request of the batch finds a connection
+// of another already in the pool. net/http pools a connection whose dial outlives its request.
+func (p *prewarmDial) began() {
+	p.cancel()
+	p.started <- struct{}{}
+	select {
+	case <-p.release:
+	case <-p.stop:
+	}
+}
+
+// report records the outcome of the dial, once.
+func (p *prewarmDial) report(err error) {
+	select {
+	case p.done <- err:
+	default:
+	}
+}
+
+// prewarm opens n connections to the upstream at base through the owned transport and leaves
+// them in its idle pool, so that the first burst after a deploy pays no handshake per caller.
+// It sends no request. All n are dialled at once, so that no request of the batch can find a
+// connection of another in the pool (it would then be sent); an HTTP/2 upstream keeps one of
+// them, as net/http does. It waits, as long as ctx allows, until every dial (and TLS
+// handshake) has ended, and returns the first error.
+func (o *owner) prewarm(ctx context.Context, base *url.URL, n int) error {
+	if m := o.transport.MaxConnsPerHost; m > 0 {
+		n = min(n, m)
+	}
+	started := make(chan struct{}, 2*n)
+	release := make(chan struct{})
+	releaseAll := sync.OnceFunc(func() { close(release) })
+	defer releaseAll()
+	dials := make([]*prewarmDial, n)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for i := range dials {
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		p := &prewarmDial{cancel: cancel, started: started, release: release, stop: ctx.Done(),
+			done: make(chan error, 1), tls: base.Scheme == "https"}
+		dials[i] = p
+		if base.Scheme == "https" {
+			rctx = httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
+				TLSHandshakeDone: func(_ tls.ConnectionState, err error) { p.report(err) },
+			})
+		}
+		req, err := http.NewRequestWithContext(context.WithValue(rctx, prewarmKey{}, p), http.MethodHead, base.String(), nil)
+		if err != nil {
+			cancel()
+			return fmt.Errorf("httpfx: pre-warm: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer cancel()
+			resp, err := o.transport.RoundTrip(req)
+			if err == nil { // a pooled connection was taken after all; never expected
+				resp.Body.Close()
+				p.report(nil)
+				started <- struct{}{}
+				return
+			}
+			if ctx := req.Context(); ctx.Err() == nil { // failed before its dial began
+				p.report(err)
+				started <- struct{}{}
+			}
+		}()
+	}
+	for range n { // every request has begun its dial, or failed before
+		select {
+		case <-started:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	releaseAll()
+	var first error
+	for _, p := range dials {
+		select {
+		case err := <-p.done:
+			if first == nil {
+				first = err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return first
+}
+
+// prewarmUpstreams pre-warms, concurrently and bounded by ctx, every upstream origin that an
+// upstream client asks to (the largest count of those that share it), and logs what it
+// opened. It never fails: an upstream that is down is logged, and its requests dial as they
+// need.
+func (o *owner) prewarmUpstreams(ctx context.Context) {
+	if o.inUse != o.transport {
+		return // a caller's transport: its pool is not httpfx's to fill
+	}
+	type origin struct {
+		base  *url.URL
+		n     int
+		names []string
+	}
+	byOrigin := map[string]*origin{}
+	var order []*origin
+	for _, u := range o.upstreams {
+		if u.prewarm <= 0 {
+			continue
+		}
+		key := u.base.Scheme + "://" + u.base.Host
+		g := byOrigin[key]
+		if g == nil {
+			g = &origin{base: &url.URL{Scheme: u.base.Scheme, Host: u.base.Host, Path: "/"}}
+			byOrigin[key] = g
+			order = append(order, g)
+		}
+		g.n = max(g.n, u.prewarm)
+		g.names = append(g.names, u.name)
+	}
+	if len(order) == 0 {
+		return
+	}
+	type result struct {
+		g    *origin
+		err  error
+		took time.Duration
+	}
+	done := make(chan result, len(order))
+	for _, g := range order {
+		go func() {
+			began := time.Now()
+			err := o.prewarm(ctx, g.base, g.n)
+			done <- result{g, err, time.Since(began)}
+		}()
+	}
+	for range order {
+		r := <-done
+		fields := []zap.Field{zap.Strings("upstreams", r.g.names), zap.Int("wanted", r.g.n),
+			zap.Int("open", o.conns.count(canonicalAddr(r.g.base))), zap.Duration("took", r.took)}
+		if r.err != nil {
+			o.log.Warn("httpfx upstream pre-warm failed; its requests dial as they need", append(fields, zap.Error(r.err))...)
+			continue
+		}
+		o.log.Info("httpfx upstream pre-warmed", fields...)
+	}
+}
+
+// canonicalAddr is the "host:port" net/http dials for u (without a proxy).
+func canonicalAddr(u *url.URL) string { return net.JoinHostPort(u.Hostname(), portOf(u)) }

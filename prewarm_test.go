@@ -1,0 +1,102 @@
+package httpfx_test
+
+import (
+	"crypto/x509"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/httpfx/httpfx"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxtest"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// Pre-warming opens an upstream's connections at start, before the first request, and sends
+// no request; the first burst then opens none. HTTP/2 keeps one. Start succeeds, and says
+// why, when the upstream is down.
+func TestPrewarm(t *testing.T) {
+	tests := []struct {
+		name      string
+		start     func(testing.TB, http.Handler) *upstream
+		give      int
+		wantConns int64 // opened at start, and kept
+	}{
+		{"HTTP/1.1", newUpstream, 4, 4},
+		{"TLS, HTTP/1.1", func(tb testing.TB, h http.Handler) *upstream { return newTLSUpstream(tb, h, false) }, 3, 3},
+		{"TLS, HTTP/2", func(tb testing.TB, h http.Handler) *upstream { return newTLSUpstream(tb, h, true) }, 3, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var served atomic.Int64
+			u := tt.start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				served.Add(1)
+				time.Sleep(20 * time.Millisecond) // so that a burst needs a connection per caller
+			}))
+			var g upstreams
+			core, logs := observer.New(zap.InfoLevel)
+			defer func() {
+				if t.Failed() {
+					t.Logf("logs: %v", logs.FilterMessageSnippet("pre-warm").All())
+				}
+			}()
+			opts := []fx.Option{fx.NopLogger, httpfx.Module, fx.Populate(&g), fx.Supply(zap.New(core)),
+				httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: u.URL, Prewarm: tt.give}),
+				httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL + "/search/"}),
+			}
+			if u.TLS != nil {
+				roots := x509.NewCertPool()
+				roots.AddCert(u.Certificate())
+				opts = append(opts, fx.Decorate(func(tr *http.Transport) *http.Transport { tr.TLSClientConfig.RootCAs = roots; return tr }))
+			}
+			app := fxtest.New(t, opts...)
+			app.RequireStart()
+			waitFor(t, "the server sees the pre-warmed connections", func() bool { return u.opened.Load() == int64(tt.give) })
+			waitFor(t, "net/http keeps what it needs", func() bool { return u.open() == tt.wantConns })
+			// net/http pools a dialled connection a moment after its handshake, on its own
+			// goroutine: give it that moment before the burst.
+			time.Sleep(50 * time.Millisecond)
+			if s := g.Stats.Snapshot(); s.ConnsOpen != tt.wantConns || served.Load() != 0 || s.Requests != 0 {
+				t.Fatalf("after start: %d open, %d requests served; want %d open and none served", s.ConnsOpen, served.Load(), tt.wantConns)
+			}
+			opened := u.opened.Load()
+			if s := g.Stats.Snapshot(); s.ConnsOpen != tt.wantConns {
+				t.Fatalf("%d open, want %d", s.ConnsOpen, tt.wantConns)
+			}
+			var wg sync.WaitGroup
+			for range tt.wantConns {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					mustGet(t, g.Payments, "/")
+				}()
+			}
+			wg.Wait()
+			if now := u.opened.Load(); now != opened {
+				t.Errorf("the first burst of %d opened %d connections, want none", tt.wantConns, now-opened)
+			}
+			app.RequireStop()
+			u.requireNoConns(t)
+		})
+	}
+	t.Run("upstream down", func(t *testing.T) {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		addr := ln.Addr().String()
+		ln.Close()
+		core, logs := observer.New(zap.WarnLevel)
+		var g upstreams
+		app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Populate(&g), fx.Supply(zap.New(core)),
+			httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "http://" + addr, Prewarm: 2}),
+			httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: "http://" + addr}),
+		)
+		app.RequireStart()
+		if n := logs.FilterMessageSnippet("pre-warm failed").Len(); n != 1 {
+			t.Errorf("warnings %v, want one saying the pre-warm failed", logs.All())
+		}
+		app.RequireStop()
+	})
+}
