@@ -169,51 +169,30 @@ func TestKeepAliveRaceSideBySide(t *testing.T) {
 // freezer is a loopback TCP proxy that can stop forwarding without closing anything: what a
 // peer that vanished behind a NAT, or a half-open connection, looks like to the client.
 type freezer struct {
-	ln     net.Listener
-	target string
+	*rawServer
 	frozen atomic.Bool
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  []net.Conn
 }
 
 func newFreezer(t *testing.T, target string) *freezer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &freezer{ln: ln, target: target}
-	f.wg.Add(1)
-	go f.serve()
-	t.Cleanup(f.close)
-	return f
-}
-
-func (f *freezer) serve() {
-	defer f.wg.Done()
-	for {
-		c, err := f.ln.Accept()
+	f := new(freezer)
+	f.rawServer = newRawServer(t, "127.0.0.1:0", func(c net.Conn) {
+		b, err := net.Dial("tcp", target)
 		if err != nil {
 			return
 		}
-		b, err := net.Dial("tcp", f.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		f.mu.Lock()
-		f.conns = append(f.conns, c, b)
-		f.mu.Unlock()
-		f.wg.Add(2)
-		go f.pipe(b, c)
-		go f.pipe(c, b)
-	}
+		done := make(chan struct{})
+		go func() { f.pipe(c, b); close(done) }()
+		f.pipe(b, c)
+		b.Close()
+		<-done
+	})
+	return f
 }
 
-// pipe copies from src to dst until either closes; while frozen, it reads and drops.
+// pipe copies from src to dst until src fails, then closes dst; while frozen, it drops what it
+// reads.
 func (f *freezer) pipe(dst, src net.Conn) {
-	defer f.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -227,16 +206,6 @@ func (f *freezer) pipe(dst, src net.Conn) {
 			return
 		}
 	}
-}
-
-func (f *freezer) close() {
-	f.ln.Close()
-	f.mu.Lock()
-	for _, c := range f.conns {
-		c.Close()
-	}
-	f.mu.Unlock()
-	f.wg.Wait()
 }
 
 // A dead HTTP/2 connection fails its request within the ping bound instead of hanging until
@@ -254,7 +223,7 @@ func TestDeadHTTP2PeerFoundByPing(t *testing.T) {
 		}),
 		fx.Decorate(func(tr *http.Transport) *http.Transport { tr.TLSClientConfig.RootCAs = roots; return tr }))
 	app.RequireStart()
-	url := "https://" + f.ln.Addr().String() + "/"
+	url := "https://" + f.addr + "/"
 	resp, err := g.Client.Get(url)
 	if err != nil {
 		t.Fatal(err)
