@@ -140,7 +140,8 @@ func (e *Env) Host(host string, h http.Handler) *Server {
 // components under test, and routes the requests of their httpfx clients: it adjusts the
 // owned *http.Transport in place (dials, trusted roots, no proxy for routed hosts) and wraps
 // the http.RoundTripper to track response bodies. Its decorations sit between the app's own:
-// those given beside Module apply before it, those in opts after it. fx.New fails if
+// those given beside Module apply before it, those in opts after it. The upstream clients
+// routed by name are decorated beside Module, so the test can take them too. fx.New fails if
 // httpfx.Module is not in opts or a routed upstream has no client. A body left open also holds
 // the app's stop for Config.DrainTimeout, as in production, before the test fails.
 func (e *Env) Module(opts ...fx.Option) fx.Option {
@@ -172,11 +173,14 @@ func (e *Env) Module(opts ...fx.Option) fx.Option {
 			return nil
 		}),
 	}
+	// The upstream clients routed by name are decorated where Module is placed, so that the
+	// test can take them too.
+	var named []fx.Option
 	for _, name := range names {
 		tag := `name:"` + name + `"`
-		own = append(own,
+		named = append(named,
 			fx.Decorate(fx.Annotate(func(c *http.Client) *http.Client { return tagClient(c, name) },
-				fx.ParamTags(tag), fx.ResultTags(tag))),
+				fx.ParamTags(`name:"`+name+`" optional:"true"`), fx.ResultTags(tag))),
 			fx.Invoke(fx.Annotate(func(c *http.Client) error {
 				if c == nil {
 					return fmt.Errorf("httpfxtest: upstream %q is routed but the app has no client of that name: add httpfx.Upstream(%q, ...) to Env.Module's options", name, name)
@@ -185,7 +189,7 @@ func (e *Env) Module(opts ...fx.Option) fx.Option {
 			}, fx.ParamTags(`name:"`+name+`" optional:"true"`))),
 		)
 	}
-	return fx.Module("httpfxtest", append(own, fx.Module("app", opts...))...)
+	return fx.Options(append(named, fx.Module("httpfxtest", append(own, fx.Module("app", opts...))...))...)
 }
 
 // finish runs the checks of the end of the test, then closes what is left and the servers.
@@ -370,6 +374,9 @@ var _ http.RoundTripper = (*tagger)(nil)
 
 // tagClient returns a copy of c that marks its requests as those of the upstream name.
 func tagClient(c *http.Client, name string) *http.Client {
+	if c == nil {
+		return nil // no such client: Module's check says so
+	}
 	cp := *c
 	next := c.Transport
 	if next == nil {
