@@ -65,6 +65,8 @@ func TestReadmeSnippets(t *testing.T) {
 		t.Fatal(err)
 	}
 	files, _ := filepath.Glob("*_test.go")
+	more, _ := filepath.Glob("httpfxtest/*_test.go")
+	files = append(files, more...)
 	var code []string
 	for _, f := range files {
 		b, err := os.ReadFile(f)
