@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"mime"
 	"net/http"
 	"net/http/httptest"
@@ -30,8 +31,9 @@ type Server struct {
 	reqs []Request
 }
 
-// Request is a request as a Server received it. Its String method redacts credentials; the
-// fields hold the real values, for assertions.
+// Request is a request as a Server received it: a copy the caller owns, safe for concurrent
+// use as long as nobody changes it. The fields hold the real values, for assertions; String
+// redacts credentials. The zero Request is an empty request.
 type Request struct {
 	// Method is the request's method, such as "POST".
 	Method string
@@ -128,7 +130,8 @@ func (s *Server) close() {
 // by name, then the body (its first 1 KiB). Values of credentials are replaced with
 // "[redacted]": Authorization, Proxy-Authorization, Cookie, headers whose names contain
 // "auth", "key", "token", "secret", "password", "session", "signature" or "credential",
-// the headers an upstream configuration sets, and query and form parameters so named.
+// the headers of Config.Upstreams entries, the headers added on the way to requests of an
+// upstream routed by name (its UpstreamConfig's), and query and form parameters so named.
 func (r Request) String() string {
 	var b strings.Builder
 	b.WriteString(r.Method)
@@ -137,13 +140,7 @@ func (r Request) String() string {
 		u.User, u.RawQuery = nil, redactQuery(u.RawQuery)
 		b.WriteString(" " + u.String())
 	}
-	for _, k := range slices.Sorted(func(yield func(string) bool) {
-		for k := range r.Header {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
+	for _, k := range slices.Sorted(maps.Keys(r.Header)) {
 		for _, v := range r.Header[k] {
 			if r.env.secret(k) {
 				v = "[redacted]"
