@@ -16,7 +16,6 @@ package httpfxtest
 
 import (
 	"cmp"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -40,19 +39,18 @@ type Env struct {
 	certs *certs
 
 	mu       sync.Mutex
-	sealed   bool                // Module was called: no more routes
-	names    map[string]*Server  // routes by upstream name
-	hosts    map[string]*Server  // routes by "host" or "host:port", lower case
-	servers  []*Server           // every server, to close at the end
-	addrs    map[string]dest     // where each dialled "host:port" goes, as its requests set it
-	secrets  map[string]bool     // canonical names of headers an upstream configuration sets
-	bodies   map[*body]struct{}  // response bodies not yet finished by their caller
-	seq      int64               // requests seen, to report bodies in order
-	problems []string            // requests refused, reported at the end
-	conns    map[*conn]struct{}  // connections dialled through the env and still open
-	lastConn chan struct{}       // closed when conns empties, while finish waits
-	finished bool                // finish ran: nothing more to record
-	ipCerts  map[string]*tlsCert // certificates for requests without SNI, by IP list
+	sealed   bool               // Module was called: no more routes
+	names    map[string]*Server // routes by upstream name
+	hosts    map[string]*Server // routes by "host" or "host:port", lower case
+	servers  []*Server          // every server, to close at the end
+	addrs    map[string]dest    // where each dialled "host:port" goes, as its requests set it
+	secrets  map[string]bool    // canonical names of headers an upstream configuration sets
+	bodies   map[*body]struct{} // response bodies not yet finished by their caller
+	seq      int64              // requests seen, to report bodies in order
+	problems []string           // requests refused, reported at the end
+	conns    map[*conn]struct{} // connections dialled through the env and still open
+	lastConn chan struct{}      // closed when conns empties, while finish waits
+	finished bool               // finish ran: nothing more to record
 }
 
 // dest is where requests to one dialled address go: a test server, or straight to a loopback
@@ -82,7 +80,6 @@ func New(t testing.TB) *Env {
 		secrets: make(map[string]bool),
 		bodies:  make(map[*body]struct{}),
 		conns:   make(map[*conn]struct{}),
-		ipCerts: make(map[string]*tlsCert),
 	}
 	t.Cleanup(e.finish)
 	return e
@@ -286,7 +283,7 @@ func (e *Env) target(addr string) (string, error) {
 	return "", fmt.Errorf("httpfxtest: no route to %s: only requests sent through the app's clients are routed (tests reach only loopback)", addr)
 }
 
-// routed reports whether requests to u's host go to a test server.
+// routed reports whether requests to host and port go to a test server.
 func (e *Env) routed(host, port string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -351,50 +348,5 @@ func (e *Env) closeConns() {
 	e.mu.Unlock()
 	for _, c := range open {
 		c.Close()
-	}
-}
-
-// tag marks the requests of an upstream client routed by name.
-type tag struct {
-	name   string
-	header http.Header // the request's headers as the component set them
-}
-
-type tagKey struct{}
-
-// tagger is the RoundTripper of the copy of an upstream client routed by name: it marks each
-// request with the name, then sends it through the client's own RoundTripper. It is safe for
-// concurrent use.
-type tagger struct {
-	name string
-	next http.RoundTripper
-}
-
-var _ http.RoundTripper = (*tagger)(nil)
-
-// tagClient returns a copy of c that marks its requests as those of the upstream name.
-func tagClient(c *http.Client, name string) *http.Client {
-	if c == nil {
-		return nil // no such client: Module's check says so
-	}
-	cp := *c
-	next := c.Transport
-	if next == nil {
-		next = http.DefaultTransport
-	}
-	cp.Transport = &tagger{name: name, next: next}
-	return &cp
-}
-
-// RoundTrip implements http.RoundTripper.
-func (t *tagger) RoundTrip(req *http.Request) (*http.Response, error) {
-	ctx := context.WithValue(req.Context(), tagKey{}, &tag{name: t.name, header: req.Header})
-	return t.next.RoundTrip(req.WithContext(ctx))
-}
-
-// CloseIdleConnections forwards to the client's own RoundTripper.
-func (t *tagger) CloseIdleConnections() {
-	if ci, ok := t.next.(interface{ CloseIdleConnections() }); ok {
-		ci.CloseIdleConnections()
 	}
 }

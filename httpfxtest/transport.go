@@ -63,6 +63,51 @@ func (r *recorder) CloseIdleConnections() {
 	}
 }
 
+// tag marks the requests of an upstream client routed by name.
+type tag struct {
+	name   string
+	header http.Header // the request's headers as the component set them
+}
+
+type tagKey struct{}
+
+// tagger is the RoundTripper of the copy of an upstream client routed by name: it marks each
+// request with the name, then sends it through the client's own RoundTripper. It is safe for
+// concurrent use.
+type tagger struct {
+	name string
+	next http.RoundTripper
+}
+
+var _ http.RoundTripper = (*tagger)(nil)
+
+// tagClient returns a copy of c that marks its requests as those of the upstream name.
+func tagClient(c *http.Client, name string) *http.Client {
+	if c == nil {
+		return nil // no such client: Module's check says so
+	}
+	cp := *c
+	next := c.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	cp.Transport = &tagger{name: name, next: next}
+	return &cp
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *tagger) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := context.WithValue(req.Context(), tagKey{}, &tag{name: t.name, header: req.Header})
+	return t.next.RoundTrip(req.WithContext(ctx))
+}
+
+// CloseIdleConnections forwards to the client's own RoundTripper.
+func (t *tagger) CloseIdleConnections() {
+	if ci, ok := t.next.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
+}
+
 // dialFunc is the type of http.Transport.DialContext.
 type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
