@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -265,4 +267,39 @@ func TestNilHeaderWithUserAgent(t *testing.T) {
 	}
 	app.RequireStop()
 	u.requireNoConns(t)
+}
+
+// A response without a body is finished at once, over HTTP/1.1 as over HTTP/2, where net/http
+// does not hand out http.NoBody: an unclosed HEAD, 204 or empty response never holds stop.
+func TestEmptyResponsesNeverHoldStop(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/204":
+			w.WriteHeader(http.StatusNoContent)
+		case "/empty":
+			w.Header().Set("Content-Length", "0")
+		}
+	})
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) {
+			u := newTLSUpstream(t, h, h2)
+			roots := x509.NewCertPool()
+			roots.AddCert(u.Certificate())
+			var g graph
+			app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g),
+				fx.Decorate(func(tr *http.Transport) *http.Transport { tr.TLSClientConfig.RootCAs = roots; return tr }))
+			app.RequireStart()
+			for _, give := range []struct{ method, path string }{{http.MethodHead, "/"}, {http.MethodGet, "/204"}, {http.MethodGet, "/empty"}} {
+				req, _ := http.NewRequest(give.method, u.URL+give.path, nil)
+				if _, err := g.Client.Do(req); err != nil { // the body is never closed, on purpose
+					t.Fatal(err)
+				}
+			}
+			if n := g.Stats.Snapshot().InFlight; n != 0 {
+				t.Errorf("%d requests in flight after three responses without a body, want 0", n)
+			}
+			app.RequireStop()
+			u.requireNoConns(t)
+		})
+	}
 }

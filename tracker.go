@@ -116,7 +116,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	if ka := resp.Header["Keep-Alive"]; len(ka) > 0 && o.health != nil {
 		o.health.keepAlive(req.URL, ka[0])
 	}
-	if resp.Body == nil || resp.Body == http.NoBody {
+	if noBody(req, resp) {
 		ob.done(resp, nil)
 		o.finish(cancel, up, false)
 		return resp, nil
@@ -148,6 +148,15 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		o.bodies.reap(seq / reapEvery) // finish abandoned requests whose context ended
 	}
 	return resp, nil
+}
+
+// noBody reports whether resp has no body to wait for: net/http's NoBody, a response to HEAD,
+// a 204 or 304, or an HTTP/2 response whose stream ended with its headers (net/http gives
+// those a body of its own, not NoBody, which the caller may never close).
+func noBody(req *http.Request, resp *http.Response) bool {
+	return resp.Body == nil || resp.Body == http.NoBody || req.Method == http.MethodHead ||
+		resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified ||
+		(resp.ProtoMajor == 2 && resp.ContentLength == 0)
 }
 
 // closeBody closes req's body, as a RoundTripper must when it does not pass req on.
