@@ -70,6 +70,10 @@ func (s *connSet) wrap(dial dialFunc) dialFunc {
 			tc.ip = ta.AddrPort().Addr().Unmap()
 		}
 		if h := s.health; h != nil {
+			tc.reqStart.Store(-1)
+			if sc, ok := tc.Conn.(syscall.Conn); ok {
+				tc.raw, _ = sc.SyscallConn()
+			}
 			tc.peer = h.peerFor(addr)
 			now := h.clock.now()
 			tc.lastRead.Store(now)
@@ -162,35 +166,56 @@ func (s *connSet) closeAll() int {
 	return len(conns)
 }
 
-// trackedConn is a connection of the owned transport; closing it removes it from its set. It
-// notes, with one monotonic clock read per Read or Write, when it last read and wrote, so that
-// health can tell an idle connection that its server closed from one in use.
+// trackedConn is a connection of the owned transport; closing it removes it from its set.
+//
+// With health on, it notes with one monotonic clock read per Read or Write when it last read
+// and wrote, and health arms it when a request takes it from the idle pool (an HTTP/1.1
+// connection, before the request writes a byte): the armed write, and only that one, checks
+// whether the server has closed the connection meanwhile, and marks where the request begins,
+// so that a close before the server acknowledged any of it proves the request unsent. Every
+// other write, of a request, a body or an upgraded stream, passes straight through.
 type trackedConn struct {
 	net.Conn
 	set     *connSet
-	addr    string     // as dialled
-	host    string     // the name the DNS cache resolved; empty if none
-	dns     *dnsEntry  // the name's cache entry; nil if none
-	ip      netip.Addr // the address it is connected to
-	peer    *peer      // what is known of addr; nil without health
-	expires int64      // on health's clock, when it is past MaxConnLifetime; zero: never
+	addr    string          // as dialled
+	host    string          // the name the DNS cache resolved; empty if none
+	dns     *dnsEntry       // the name's cache entry; nil if none
+	ip      netip.Addr      // the address it is connected to
+	peer    *peer           // what is known of addr; nil without health
+	expires int64           // on health's clock, when it is past MaxConnLifetime; zero: never
+	raw     syscall.RawConn // the socket, for the peek and TCP_INFO; nil if none
 
 	lastRead   atomic.Int64 // on health's clock: the last Read that returned data
 	lastWrite  atomic.Int64 // the last Write
-	unasked    atomic.Int64 // how long the connection was idle before the last Read's data arrived, if it was
 	unanswered atomic.Int64 // the first Write since the last Read that returned data
 	written    atomic.Int64 // bytes written
-	reqStart   atomic.Int64 // written when the request in flight began (HTTP/1.1)
-	peerClosed atomic.Bool  // a Read returned the peer's EOF or reset
-	h1         atomic.Bool  // a request took it and it speaks HTTP/1.1 (not HTTP/2)
+	proto      atomic.Int32 // protoUnknown, protoH1 or protoH2, from the first request that took it
 	gone       atomic.Bool  // DNS no longer returns ip
 	closed     atomic.Bool
-	reason     string  // why it closed: set once, by whoever closes it first (closeFor)
-	obs        connObs // its observed state; zero unless observed
+
+	// Set by health when a request takes the connection from the idle pool, consumed by that
+	// request's first write; then read by the goroutines of that request only.
+	armed    atomic.Bool
+	idleFor  atomic.Int64 // how long it had been idle when it was taken
+	reqStart atomic.Int64 // written when the armed request began; -1: none in flight
+	reqAt    atomic.Int64 // when, on health's clock
+
+	peekFn     func(uintptr) // peekFD, made once; used by the armed write only
+	peekClosed bool          // peekFD's answer
+
+	reason string  // why it closed: set once, by whoever closes it first (closeFor)
+	obs    connObs // its observed state; zero unless observed
 }
 
-// Read notes when data arrives, and the server's close of an idle connection, which teaches
-// its address's idle bound.
+// What a connection speaks, once a request has taken it.
+const (
+	protoUnknown = iota
+	protoH1
+	protoH2
+)
+
+// Read notes when data arrives. A close (EOF) that ends the armed request's wait for its
+// response before the server's TCP acknowledged any byte of it proves the request unsent.
 func (c *trackedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	h := c.set.health
@@ -198,28 +223,19 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		return n, err
 	}
 	now := h.clock.now()
-	lr := c.lastRead.Load()
-	idle := lr >= c.lastWrite.Load() // nothing written since the last data: no request waits
 	if n > 0 {
-		if idle {
-			c.unasked.Store(now - lr)
-		} else {
-			c.unasked.Store(0)
-		}
 		c.lastRead.Store(now)
+		return n, err
 	}
-	if err != nil && !c.closed.Load() && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
-		c.peerClosed.Store(true)
-		if idle && n == 0 {
-			c.learn(time.Duration(now - lr))
-		}
-		if !idle && n == 0 && c.h1.Load() {
-			if start, w := c.reqStart.Load(), c.written.Load(); w > start {
-				if acked, ok := c.ackedBytes(); ok && acked-1 <= start { // bytes_acked counts the SYN
-					// The peer's TCP acknowledged no byte of the request in flight: its
-					// server closed before the request arrived, and never read it.
-					return n, &unsentError{err: err}
-				}
+	if errors.Is(err, io.EOF) && !c.closed.Load() && c.proto.Load() == protoH1 {
+		if start := c.reqStart.Load(); start >= 0 && c.lastRead.Load() < c.reqAt.Load() && c.written.Load() > start {
+			// Only an orderly close: its segment acknowledges what the server's TCP had
+			// received, while Linux ignores the acknowledgement field of a reset.
+			if acked, ok := c.ackedBytes(); ok && acked-1 <= start { // bytes_acked counts the SYN
+				// The server closed before the request arrived, and never read it; it had
+				// been idle for idleFor when it was taken: the server's idle bound.
+				c.learn(time.Duration(c.idleFor.Load()))
+				return n, &unsentError{err: err}
 			}
 		}
 	}
@@ -234,25 +250,25 @@ type unsentError struct{ err error }
 func (e *unsentError) Error() string { return e.err.Error() }
 func (e *unsentError) Unwrap() error { return e.err }
 
-// Write refuses, without writing, on a connection whose server has closed it or that httpfx
-// retired: net/http then sends the request on another connection, as nothing was written.
+// Write writes p. The armed write, the first of a request that took the connection from the
+// idle pool, first checks that the server has not closed the connection meanwhile, as late as
+// can be; if it has, it writes nothing and retires the connection, so that the request
+// provably never reached the server and net/http sends it on another connection.
 func (c *trackedConn) Write(p []byte) (int, error) {
-	if c.peerClosed.Load() || c.closed.Load() {
-		return 0, errRetired
-	}
 	if h := c.set.health; h != nil {
 		now := h.clock.now()
-		lr := c.lastRead.Load()
-		if c.h1.Load() && lr >= c.lastWrite.Load() && now-lr >= int64(peekAfter) && c.closedByPeer() {
-			// The first write of a request on an idle HTTP/1.1 connection, and the server has
-			// closed it: refuse before writing anything, as late as can be, so that the request
-			// provably never reached the server and goes on another connection.
-			c.retire(RetiredServerClosed)
-			return 0, errRetired
-		}
-		if lr >= c.lastWrite.Load() {
-			c.unanswered.Store(now) // the first write since the peer last sent anything
+		if c.armed.CompareAndSwap(true, false) {
+			if idle := time.Duration(c.idleFor.Load()); idle >= peekAfter && c.closedByPeer() {
+				c.learn(idle)
+				c.retire(RetiredServerClosed)
+				h.stats.replayed.Add(1) // only requests that can be sent again are armed
+				return 0, errRetired
+			}
 			c.reqStart.Store(c.written.Load())
+			c.reqAt.Store(now)
+		}
+		if c.lastRead.Load() >= c.lastWrite.Load() {
+			c.unanswered.Store(now) // the first write since the peer last sent anything
 		}
 		c.lastWrite.Store(now)
 	}
@@ -283,24 +299,19 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 type writerOnly struct{ io.Writer }
 
 // Close closes the connection for net/http, the peer or a caller: the reason "closed", or
-// "dead" after a write went unanswered for HTTP2PingTimeout (tls.Conn's Close writes an
-// alert first, so what counts is the first write since the peer last sent data). A close by
-// net/http right after unasked data is a TLS server closing an idle connection (its
-// close_notify alert), and teaches the idle bound.
+// "dead" for an HTTP/2 connection closed after a write went unanswered for HTTP2PingTimeout
+// (tls.Conn's Close writes an alert first, so what counts is the first write since the peer
+// last sent data).
 func (c *trackedConn) Close() error { return c.closeFor(reasonClosed) }
 
 // closeFor closes the connection and, if it is the first to, records reason as why.
 func (c *trackedConn) closeFor(reason string) error {
 	if c.closed.CompareAndSwap(false, true) {
-		if h := c.set.health; h != nil && reason == reasonClosed {
-			now := h.clock.now()
+		if h := c.set.health; h != nil && reason == reasonClosed && h.deadAt > 0 && c.proto.Load() == protoH2 {
 			lr, fu := c.lastRead.Load(), c.unanswered.Load()
-			switch {
-			case h.deadAt > 0 && fu > lr && now-fu >= int64(h.deadAt):
+			if fu > lr && h.clock.now()-fu >= int64(h.deadAt) {
 				reason = RetiredDead
 				c.set.stats.retired(RetiredDead)
-			case now-lr < int64(closeSoon):
-				c.learn(time.Duration(c.unasked.Load()))
 			}
 		}
 		c.reason = reason
@@ -316,9 +327,10 @@ func (c *trackedConn) retire(reason string) {
 	c.closeFor(reason)
 }
 
-// learn teaches the connection's address that its server closed a connection idle for d.
+// learn teaches the connection's address that its server closed a connection that had been
+// idle in the pool for d.
 func (c *trackedConn) learn(d time.Duration) {
 	if c.peer != nil {
-		c.peer.learnObserved(d)
+		c.peer.learnObserved(d, c.set.health.clock.now())
 	}
 }

@@ -44,9 +44,10 @@ const (
 	// maxMargin bounds how much sooner than its server httpfx retires an idle connection.
 	maxMargin = time.Second
 
-	// closeSoon is how soon after unasked data a close by net/http counts as the server
-	// closing an idle connection (a TLS server's close_notify alert).
-	closeSoon = 100 * time.Millisecond
+	// observedFor is how long an idle bound learned from a server's closes holds: a burst of
+	// closes (a server restarting) must not shorten the pool's reuse for good. A bound from a
+	// Keep-Alive header holds until the next header says otherwise.
+	observedFor = 10 * time.Minute
 
 	// maxReplays bounds how often one request that provably never reached the server is sent
 	// again: each time, the pool had handed it a connection the server had just closed.
@@ -72,6 +73,7 @@ func (c *clock) now() int64 { return int64(time.Since(c.epoch)) }
 type health struct {
 	stats    *Stats
 	clock    *clock
+	h2c      bool          // the transport may speak HTTP/2 without TLS
 	lifetime time.Duration // Config.MaxConnLifetime
 	deadAt   time.Duration // a write unanswered this long before net/http closes: dead
 	trace    httptrace.ClientTrace
@@ -85,6 +87,7 @@ type peer struct {
 	addr       string
 	idleBound  atomic.Int64 // nanoseconds the server keeps an idle connection; zero: unknown
 	fromHeader atomic.Bool  // idleBound came from a Keep-Alive header
+	observedAt atomic.Int64 // on health's clock, when a close last taught or confirmed idleBound
 }
 
 func newHealth(cfg Config, stats *Stats, clk *clock) *health {
@@ -149,7 +152,12 @@ func rewind(req *http.Request) (*http.Request, bool) {
 	return &r, true
 }
 
-// gotConn runs on the request's goroutine when it has its connection, before it writes.
+// gotConn runs on the request's goroutine when it has its connection, before it writes. A
+// connection that is reused and speaks HTTP/1.1 (an HTTP/2 one may carry other streams) is
+// retired if it is connected to an address DNS dropped, past its lifetime, or idle for nearly
+// its server's idle bound: nothing of the request has been written, so net/http sends it on
+// another connection. Otherwise it is armed: the request's first write checks, as late as can
+// be, that the server has not closed it (trackedConn.Write).
 func (h *health) gotConn(info httptrace.GotConnInfo) {
 	c := trackedOf(info.Conn)
 	if c == nil || !info.Reused {
@@ -159,12 +167,13 @@ func (h *health) gotConn(info httptrace.GotConnInfo) {
 	if c.dns != nil {
 		c.set.dns.due(c.host, c.dns, now)
 	}
-	if !info.WasIdle {
-		return // an HTTP/2 connection with streams: nothing to retire
+	proto := c.proto.Load()
+	if proto == protoUnknown {
+		proto = h.protoOf(info.Conn)
+		c.proto.Store(proto)
 	}
-	h2 := isH2(info.Conn)
-	if !h2 && !c.h1.Load() {
-		c.h1.Store(true) // its writes check for a server's close (trackedConn.Write)
+	if proto != protoH1 {
+		return
 	}
 	reason := ""
 	switch {
@@ -172,16 +181,31 @@ func (h *health) gotConn(info httptrace.GotConnInfo) {
 		reason = RetiredAddressGone
 	case c.expires != 0 && now >= c.expires:
 		reason = RetiredLifetime
-	case c.peer != nil && c.peer.retireAfter() > 0 && info.IdleTime >= c.peer.retireAfter():
+	case info.WasIdle && c.peer != nil && c.peer.retireAfter(now) > 0 && info.IdleTime >= c.peer.retireAfter(now):
 		reason = RetiredIdle
-	case c.peerClosed.Load():
-		reason = RetiredServerClosed
 	}
-	if reason == "" || h2 {
+	if reason != "" {
+		c.retire(reason)
+		h.stats.replayed.Add(1) // net/http sends it again: only requests that can be are traced
 		return
 	}
-	c.retire(reason)
-	h.stats.replayed.Add(1)
+	c.idleFor.Store(int64(info.IdleTime)) // zero if handed over straight from another request
+	c.armed.Store(true)
+}
+
+// protoOf tells what a connection a request took speaks: HTTP/2 if TLS negotiated it, or if
+// the transport speaks unencrypted HTTP/2 (which cannot be told from HTTP/1.1 here).
+func (h *health) protoOf(c net.Conn) int32 {
+	if tc, ok := c.(*tls.Conn); ok {
+		if tc.ConnectionState().NegotiatedProtocol == "h2" {
+			return protoH2
+		}
+		return protoH1
+	}
+	if h.h2c {
+		return protoH2
+	}
+	return protoH1
 }
 
 // keepAlive learns the idle bound a server announces in a "Keep-Alive: timeout=N" header, for
@@ -240,8 +264,9 @@ func (h *health) idleBounds() map[string]time.Duration {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out map[string]time.Duration
+	now := h.clock.now()
 	for addr, p := range h.peers {
-		if d := p.idleBound.Load(); d > 0 {
+		if d := p.idleBound.Load(); d > 0 && p.retireAfter(now) > 0 {
 			if out == nil {
 				out = make(map[string]time.Duration)
 			}
@@ -251,28 +276,31 @@ func (h *health) idleBounds() map[string]time.Duration {
 	return out
 }
 
-// learnObserved lowers p's idle bound to d, an idle time after which its server closed a
-// connection, unless a Keep-Alive header announced it.
-func (p *peer) learnObserved(d time.Duration) {
+// learnObserved lowers p's idle bound to d, an idle time after which its server had closed a
+// connection in the pool, unless a Keep-Alive header announced it. now is on health's clock.
+func (p *peer) learnObserved(d time.Duration, now int64) {
 	if d < learnMin || p.fromHeader.Load() {
 		return
 	}
 	for {
 		old := p.idleBound.Load()
-		if old != 0 && old <= int64(d) {
+		if old != 0 && old <= int64(d) && now-p.observedAt.Load() < int64(observedFor) {
+			p.observedAt.Store(now) // confirmed: it holds for another observedFor
 			return
 		}
 		if p.idleBound.CompareAndSwap(old, int64(d)) {
+			p.observedAt.Store(now)
 			return
 		}
 	}
 }
 
 // retireAfter is how long a connection to p may have been idle before it is retired: the
-// idle bound less a margin of a quarter of it, at most maxMargin. Zero: no bound is known.
-func (p *peer) retireAfter() time.Duration {
+// idle bound less a margin of a quarter of it, at most maxMargin. Zero: no bound is known, or
+// the one learned from closes is older than observedFor.
+func (p *peer) retireAfter(now int64) time.Duration {
 	b := time.Duration(p.idleBound.Load())
-	if b <= 0 {
+	if b <= 0 || (!p.fromHeader.Load() && now-p.observedAt.Load() >= int64(observedFor)) {
 		return 0
 	}
 	return b - min(b/4, maxMargin)
@@ -288,10 +316,4 @@ func trackedOf(c net.Conn) *trackedConn {
 		return tc
 	}
 	return nil
-}
-
-// isH2 reports whether c negotiated HTTP/2.
-func isH2(c net.Conn) bool {
-	tc, ok := c.(*tls.Conn)
-	return ok && tc.ConnectionState().NegotiatedProtocol == "h2"
 }

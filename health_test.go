@@ -1,6 +1,7 @@
 package httpfx_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/x509"
 	"fmt"
@@ -281,6 +282,42 @@ func TestRetiringNeverCutsAStream(t *testing.T) {
 	if b := s.IdleBounds[strings.TrimPrefix(u.URL, "http://")]; b != time.Second {
 		t.Errorf("idle bound from Keep-Alive: timeout=1 = %v, want 1s", b)
 	}
+	app.RequireStop()
+	u.requireNoConns(t)
+}
+
+// Only the first write of a request that took a pooled connection is checked: an upgraded
+// stream on a reused connection keeps writing while the server's data waits unread.
+func TestHealthLeavesStreamsOnReusedConnectionsAlone(t *testing.T) {
+	u := newUpstream(t, echoUpgradeHandler(nil))
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g))
+	app.RequireStart()
+	mustGet(t, g.Client, u.URL+"/probe") // the connection goes to the pool
+	time.Sleep(20 * time.Millisecond)    // idle long enough to be checked when taken
+	req, _ := http.NewRequest(http.MethodGet, u.URL, nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "echo")
+	resp, err := g.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := resp.Body.(io.ReadWriteCloser)
+	io.WriteString(stream, "one\n")
+	time.Sleep(60 * time.Millisecond) // its echo waits unread
+	if _, err := io.WriteString(stream, "two\n"); err != nil {
+		t.Fatalf("second write on the stream: %v", err)
+	}
+	r := bufio.NewReader(stream)
+	for _, want := range []string{"echo: one\n", "echo: two\n"} {
+		if line, err := r.ReadString('\n'); err != nil || line != want {
+			t.Fatalf("stream: %q, %v; want %q", line, err, want)
+		}
+	}
+	if s := g.Stats.Snapshot(); s.ConnsOpened != 1 || s.ConnsRetired[httpfx.RetiredServerClosed] != 0 {
+		t.Errorf("opened %d, retired %v: want the one connection, never retired", s.ConnsOpened, s.ConnsRetired)
+	}
+	stream.Close()
 	app.RequireStop()
 	u.requireNoConns(t)
 }

@@ -216,23 +216,25 @@ func TestUnsentProof(t *testing.T) {
 				t.Fatal(err)
 			}
 			o.conns.health = o.health
-			c := &trackedConn{Conn: raw, set: &o.conns}
-			o.conns.add(c)
-			c.h1.Store(true)
+			dial := o.conns.wrap(func(context.Context, string, string) (net.Conn, error) { return raw, nil })
+			nc, err := dial(context.Background(), "tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := nc.(*trackedConn)
+			// As health does when a request takes the connection from the pool, with no idle
+			// time to peek for: the race this proof is for is the write after the peek.
+			c.proto.Store(protoH1)
+			c.armed.Store(true)
 			if tt.serverRead {
 				go func() { io.ReadAll(io.LimitReader(srv, 4)); srv.Close() }()
 			} else {
 				srv.Close()
 				time.Sleep(20 * time.Millisecond) // the FIN arrives first
 			}
-			c.lastRead.Store(-1)                         // something was read long ago: this write begins a request
-			if _, err := c.Conn.Write(nil); err != nil { // (no peek: call the write path below)
+			if _, err := c.Write([]byte("POST")); err != nil {
 				t.Fatal(err)
 			}
-			c.reqStart.Store(c.written.Load())
-			n, _ := c.Conn.Write([]byte("POST"))
-			c.written.Add(int64(n))
-			c.lastWrite.Store(o.health.clock.now())
 			time.Sleep(20 * time.Millisecond)
 			buf := make([]byte, 8)
 			_, err = c.Read(buf)

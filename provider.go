@@ -166,6 +166,8 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 	}
 	if t != o.transport {
 		o.health = nil // a caller's transport: httpfx leaves its connections alone
+	} else if p := t.Protocols; p != nil && p.UnencryptedHTTP2() {
+		o.health.h2c = true
 	}
 	o.inUse = t
 	o.nextType = fmt.Sprintf("%T", rt)

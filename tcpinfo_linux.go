@@ -1,3 +1,5 @@
+//go:build linux && !386
+
 package httpfx
 
 import (
@@ -13,12 +15,7 @@ const tcpiBytesAcked = 120
 // ackedBytes returns how many bytes the peer's TCP acknowledged on the connection, or false
 // if the system cannot tell.
 func (c *trackedConn) ackedBytes() (int64, bool) {
-	sc, ok := c.Conn.(syscall.Conn)
-	if !ok {
-		return 0, false
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
+	if c.raw == nil {
 		return 0, false
 	}
 	var (
@@ -26,7 +23,7 @@ func (c *trackedConn) ackedBytes() (int64, bool) {
 		n    = uint32(len(buf))
 		errn syscall.Errno
 	)
-	if err := raw.Control(func(fd uintptr) {
+	if err := c.raw.Control(func(fd uintptr) {
 		_, _, errn = syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, syscall.TCP_INFO,
 			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
 	}); err != nil || errn != 0 || n < tcpiBytesAcked+8 {
