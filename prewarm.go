@@ -21,20 +21,18 @@ type prewarmKey struct{}
 // the dial, which keeps the request's context values, finds it in connSet.wrap.
 type prewarmDial struct {
 	cancel  context.CancelFunc // cancels the request as soon as its dial has begun
-	started chan<- struct{}    // told once the dial has begun
-	release <-chan struct{}    // closed when every dial of the batch has begun
+	release <-chan struct{}    // closed when every request of the batch has given up its dial
 	stop    <-chan struct{}    // the start context's end
 	done    chan error         // the first outcome: the dial's (the handshake's for https), or the request's
 	tls     bool               // the handshake's outcome is the one that counts
 }
 
 // began is called by connSet.wrap when the dial of a pre-warming request begins: it cancels
-// the request, which then never takes a connection and sends nothing, and holds the dial
-// until every dial of the batch has begun, so that no request of the batch finds a connection
-// of another already in the pool. net/http pools a connection whose dial outlives its request.
+// the request, which then never takes a connection and sends nothing, and holds the dial until
+// every request of the batch has returned, so that none of them can be handed a connection of
+// the batch (net/http pools a connection whose dial outlives its request).
 func (p *prewarmDial) began() {
 	p.cancel()
-	p.started <- struct{}{}
 	select {
 	case <-p.release:
 	case <-p.stop:
@@ -59,19 +57,22 @@ func (o *owner) prewarm(ctx context.Context, base *url.URL, n int) error {
 	if m := o.transport.MaxConnsPerHost; m > 0 {
 		n = min(n, m)
 	}
-	started := make(chan struct{}, 2*n)
+	bound := o.cfg.DialTimeout + o.cfg.TLSHandshakeTimeout // a dial and a handshake, at most
+	if o.cfg.DialTimeout <= 0 || o.cfg.TLSHandshakeTimeout <= 0 {
+		bound = 30 * time.Second
+	}
+	ctx, stop := context.WithTimeout(ctx, bound)
+	defer stop()
+	returned := make(chan struct{}, n)
 	release := make(chan struct{})
-	releaseAll := sync.OnceFunc(func() { close(release) })
-	defer releaseAll()
 	dials := make([]*prewarmDial, n)
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	for i := range dials {
 		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		p := &prewarmDial{cancel: cancel, started: started, release: release, stop: ctx.Done(),
+		p := &prewarmDial{cancel: cancel, release: release, stop: ctx.Done(),
 			done: make(chan error, 1), tls: base.Scheme == "https"}
 		dials[i] = p
-		if base.Scheme == "https" {
+		if p.tls {
 			rctx = httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
 				TLSHandshakeDone: func(_ tls.ConnectionState, err error) { p.report(err) },
 			})
@@ -79,33 +80,45 @@ func (o *owner) prewarm(ctx context.Context, base *url.URL, n int) error {
 		req, err := http.NewRequestWithContext(context.WithValue(rctx, prewarmKey{}, p), http.MethodHead, base.String(), nil)
 		if err != nil {
 			cancel()
+			for _, d := range dials[:i] {
+				d.cancel()
+			}
+			close(release)
+			wg.Wait()
 			return fmt.Errorf("httpfx: pre-warm: %w", err)
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer cancel()
 			resp, err := o.transport.RoundTrip(req)
-			if err == nil { // a pooled connection was taken after all; never expected
+			switch {
+			case err == nil: // handed a pooled connection after all (never expected)
 				resp.Body.Close()
 				p.report(nil)
-				started <- struct{}{}
-				return
-			}
-			if ctx := req.Context(); ctx.Err() == nil { // failed before its dial began
+			case rctx.Err() == nil: // failed before its dial began
 				p.report(err)
-				started <- struct{}{}
 			}
+			cancel()
+			returned <- struct{}{}
 		}()
 	}
-	for range n { // every request has begun its dial, or failed before
+	// Every request returns once its dial has begun (began cancels it); one still queued for
+	// a connection slot is cancelled when ctx ends.
+	for waiting := n; waiting > 0; {
 		select {
-		case <-started:
+		case <-returned:
+			waiting--
 		case <-ctx.Done():
-			return ctx.Err()
+			for _, p := range dials {
+				p.cancel()
+			}
+			for ; waiting > 0; waiting-- {
+				<-returned
+			}
 		}
 	}
-	releaseAll()
+	close(release)
+	wg.Wait()
 	var first error
 	for _, p := range dials {
 		select {
@@ -114,7 +127,7 @@ func (o *owner) prewarm(ctx context.Context, base *url.URL, n int) error {
 				first = err
 			}
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("httpfx: pre-warm: %w", ctx.Err())
 		}
 	}
 	return first
