@@ -52,8 +52,10 @@ type Snapshot struct {
 	// not empty the shared pool (see CloseIdleConnections, the function).
 	CloseIdleIgnored int64
 
-	// Replayed counts requests that net/http sent again on another connection because httpfx
-	// retired the one they had taken before writing a byte to it (see ConnsRetired).
+	// Replayed counts requests sent again because they provably never reached the server:
+	// those httpfx stopped before they wrote a byte to the connection they had taken (net/http
+	// sends them on another), and those the client sent again after net/http's "server closed
+	// idle connection" or a close before the server acknowledged any byte of them.
 	Replayed int64
 
 	// ConnsRetired counts the connections closed to keep the pool healthy, by reason: the
