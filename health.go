@@ -231,7 +231,9 @@ func (h *health) keepAlive(u *url.URL, v string) {
 
 // keepAliveTimeout returns the timeout parameter of a Keep-Alive header value, in seconds.
 func keepAliveTimeout(v string) (int, bool) {
-	for _, part := range strings.Split(v, ",") {
+	for v != "" {
+		var part string
+		part, v, _ = strings.Cut(v, ",")
 		k, val, ok := strings.Cut(strings.TrimSpace(part), "=")
 		if ok && strings.EqualFold(strings.TrimSpace(k), "timeout") {
 			n, err := strconv.Atoi(strings.TrimSpace(val))
