@@ -165,8 +165,10 @@ func TestObserverSeesRequestsAndConnections(t *testing.T) {
 	if byUpstream[""] != workers*each+1 || byUpstream["search"] != workers*each {
 		t.Errorf("requests by upstream = %v, want %d for the shared client and %d for search", byUpstream, workers*each+1, workers*each)
 	}
-	if want := total - opened; reused != want {
-		t.Errorf("%d requests reused a connection, want %d (requests − connections opened)", reused, want)
+	// A request either reuses a connection or takes a new one; net/http may also pool a
+	// connection it dialled for a request that took a freed one meanwhile.
+	if least := total - opened; reused < least || reused >= total {
+		t.Errorf("%d requests reused a connection, want at least %d (requests − connections opened) and fewer than %d", reused, least, total)
 	}
 
 	app.RequireStop()
