@@ -1,0 +1,87 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strings"
+)
+
+// writeWarm writes the steady-state part. full selects the report's form (intervals for
+// every ratio, every variant's measurements per group) over the README's.
+func (r *report) writeWarm(b *strings.Builder, full bool) {
+	wp := r.plan.warm
+	h := "###"
+	if full {
+		h = "##"
+		fmt.Fprintf(b, "## Steady state (warm clients)\n\n"+
+			"Per mode and number of callers (a group), every variant is built once, started and warmed with "+
+			"max(%d, 4×callers) requests; then the group runs blocks (at most %d, none started after %v): one segment "+
+			"of %d requests (none started after %v) of every variant, in an order drawn anew for each block. Ratios "+
+			"are paired by block. Server delay 0.\n\n", wp.warmN, wp.blocks, wp.groupCap, wp.segN, wp.segCap)
+	}
+	others := compared(wp.variants)
+	fmt.Fprintf(b, "%s Steady state: requests/s relative to %s\n\n", h, baseline)
+	b.WriteString("| mode | callers | blocks | " + baseline + " req/s | A/A: " + control + " |")
+	for _, v := range others {
+		fmt.Fprintf(b, " %s |", v.name)
+	}
+	b.WriteString("\n|---|--:|--:|--:|--:|" + strings.Repeat("--:|", len(others)) + "\n")
+	for _, g := range r.warm {
+		s := g.summary()
+		aa := s[control].rpsRatio
+		fmt.Fprintf(b, "| %s | %d | %d | %.0f | %s |", g.mode.name, g.conc, g.blocks, s[baseline].rps, aa)
+		for _, v := range others {
+			e := s[v.name].rpsRatio
+			if full {
+				fmt.Fprintf(b, " %s%s |", e, e.mark(aa))
+			} else {
+				fmt.Fprintf(b, " %s |", e.short(aa))
+			}
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
+
+	fmt.Fprintf(b, "%s Steady state: cost per request, httpfx against %s\n\n", h, baseline)
+	b.WriteString("| mode | callers | " + baseline + " allocs/req | httpfx Δ allocs/req | A/A Δ allocs/req | " +
+		baseline + " client CPU µs/req | httpfx CPU ÷ " + baseline + " | A/A CPU ÷ " + baseline + " |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, g := range r.warm {
+		s := g.summary()
+		base, fx, aa := s[baseline], s["httpfx"], s[control]
+		fmt.Fprintf(b, "| %s | %d | %.1f | %s | %s | %.1f | %s%s | %s |\n", g.mode.name, g.conc,
+			base.allocsPerReq, delta(fx), delta(aa), us(base.cpuPerReq), fx.cpuRatio, fx.cpuRatio.mark(aa.cpuRatio), aa.cpuRatio)
+	}
+	b.WriteString("\n")
+	if !full {
+		return
+	}
+	b.WriteString("### Steady state: every measurement (medians over segments)\n\n")
+	for _, g := range r.warm {
+		s := g.summary()
+		fmt.Fprintf(b, "#### %s (%s), %d callers: %d blocks in %.0fs\n\n", g.mode.name, g.mode.title, g.conc, g.blocks, g.elapsed.Seconds())
+		b.WriteString("| variant | req/s | ÷ " + baseline + " | allocs/req | Δ allocs/req | client CPU µs/req | CPU ÷ " + baseline +
+			" | p50 ms | p99 ms | conns/req | other CPU | errors |\n")
+		b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+		for _, v := range g.variants {
+			a := s[v.name]
+			fmt.Fprintf(b, "| %s | %.0f | %s | %.1f | %s | %.1f | %s | %.3f | %.3f | %.4f | %.0f%% | %s |\n",
+				v.name, a.rps, a.rpsRatio, a.allocsPerReq, delta(a), us(a.cpuPerReq), a.cpuRatio,
+				ms(a.p50), ms(a.p99), a.connsPerReq, 100*a.otherCPU, errText(a.errors, a.firstErr))
+		}
+		b.WriteString("\n")
+	}
+}
+
+// delta formats a's difference of allocations per request to the baseline's, with its
+// 95% half-width.
+func delta(a warmAgg) string {
+	switch {
+	case math.IsNaN(a.allocsDelta):
+		return "–"
+	case math.IsNaN(a.allocsHalf):
+		return fmt.Sprintf("%+.1f", a.allocsDelta)
+	default:
+		return fmt.Sprintf("%+.1f (±%.1f)", a.allocsDelta, a.allocsHalf)
+	}
+}
