@@ -106,22 +106,22 @@ func fullPlan() plan {
 		start: startPlan{
 			concs:  []int{1, 16, 128},
 			delays: []time.Duration{0, 5 * time.Millisecond},
-			reps:   8,
+			reps:   6,
 		},
 		warm: warmPlan{
 			concs:  []int{1, 16},
-			blocks: 40, segN: 3000, segCap: 250 * time.Millisecond, warmN: 1000,
-			groupCap: 45 * time.Second,
+			blocks: 40, segN: 3000, segCap: 150 * time.Millisecond, warmN: 1000,
+			groupCap: 30 * time.Second,
 		},
 		cells: cellPlan{
 			rounds:  4,
 			concs:   []int{1, 16, 128, 512},
 			delays:  []time.Duration{0, 5 * time.Millisecond},
-			timeCap: 800 * time.Millisecond,
-			minN:    2000, perConc: 40, maxN: 16384,
-			noisyCPU: 0.20, maxRetries: 2, retryBudget: 45 * time.Second,
+			timeCap: 500 * time.Millisecond,
+			minN:    1500, perConc: 30, maxN: 8192,
+			noisyCPU: 0.20, maxRetries: 1, retryBudget: 20 * time.Second,
 		},
-		inpkg: inpkgPlan{runs: 8, benchtime: "2000x"},
+		inpkg: inpkgPlan{runs: 6, benchtime: "2000x"},
 	}
 }
 

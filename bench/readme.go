@@ -137,7 +137,23 @@ func (r *report) warmFindings() []string {
 	s2 := fmt.Sprintf("**Cost per request.** httpfx allocates %s more per request than raw-tuned (the A/A: %s) and uses "+
 		"%s× its client CPU per request (the A/A: %s×).",
 		span("%+.1f", dA), span("%+.1f", aaD), span("%.2f", cpu), span("%.2f", aaCPU))
-	return []string{s, s2}
+	out := []string{s, s2}
+	if slices.ContainsFunc(r.plan.warm.variants, func(v variant) bool { return v.name == "raw-bare" }) {
+		var rps, allocs, cpuR []float64
+		var parts []string
+		for _, g := range r.warm {
+			e := g.pair("httpfx", "raw-bare", segRPS)
+			d, half := g.diff("httpfx", "raw-bare", segAllocs)
+			c := g.pair("httpfx", "raw-bare", segCPU)
+			rps, allocs, cpuR = append(rps, e.GM), append(allocs, d), append(cpuR, c.GM)
+			parts = append(parts, fmt.Sprintf("%s %d: %s, %+.1f (±%.1f), %s", g.mode.name, g.conc, e, d, half, c))
+		}
+		out = append(out, fmt.Sprintf("**Against raw-bare**, raw-tuned without a response-header timeout or a request "+
+			"timeout (the cheapest pooled client; paired by block, no A/A of its own): httpfx reaches %s× its req/s, "+
+			"allocates %s more per request and uses %s× its client CPU per request (per group, req/s ratio, Δ allocs, "+
+			"CPU ratio: %s).", span("%.2f", rps), span("%+.1f", allocs), span("%.2f", cpuR), strings.Join(parts, "; ")))
+	}
+	return out
 }
 
 func (r *report) startFindings() []string {

@@ -281,7 +281,7 @@ func (r *report) writeBar(b *strings.Builder, h string) {
 		"these request counts that alone is concurrency ÷ requests = %s conns/req; \"beyond 1/caller\" counts only "+
 		"connections beyond it, and \"cold start only\" marks a connection miss for that reason alone.\n\n",
 		h, barRPS, barP99, barConns, barPoolSize, strings.Join(shares, ", "))
-	b.WriteString("| mode | delay | conc | req/s ÷ best (best) | A/A req/s | p99 ÷ best (best) | A/A p99 | conns/req | beyond 1/caller | errors | met |\n")
+	b.WriteString("| mode | delay | conc | best req/s: httpfx ÷ it | A/A req/s | best p99: httpfx ÷ it | A/A p99 | conns/req | beyond 1/caller | errors | met |\n")
 	b.WriteString("|---|---|--:|---|--:|---|--:|--:|--:|--:|---|\n")
 	rows := r.barRows()
 	var met, lenient, coldStart int
@@ -305,8 +305,8 @@ func (r *report) writeBar(b *strings.Builder, h string) {
 		if row.met(true, true) {
 			coldStart++
 		}
-		fmt.Fprintf(b, "| %s | %v | %d | %s (%s) | %s | %s (%s) | %s | %.4f | %.4f | %d | %s |\n",
-			row.m.name, row.delay, row.conc, row.rps, row.bestRPS, row.aaRPS, row.p99, row.bestP99, row.aaP99,
+		fmt.Fprintf(b, "| %s | %v | %d | %s: %s | %s | %s: %s | %s | %.4f | %.4f | %d | %s |\n",
+			row.m.name, row.delay, row.conc, row.bestRPS, row.rps, row.aaRPS, row.bestP99, row.p99, row.aaP99,
 			row.a.ConnsPerReq, row.a.ExcessPerReq, row.a.Errors, verdict)
 	}
 	fmt.Fprintf(b, "\nMet in %d of %d cells; in %d when misses within the A/A noise are not counted; in %d when, besides, "+

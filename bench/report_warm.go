@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -42,15 +43,30 @@ func (r *report) writeWarm(b *strings.Builder, full bool) {
 	}
 	b.WriteString("\n")
 
-	fmt.Fprintf(b, "%s Steady state: cost per request, httpfx against %s\n\n", h, baseline)
-	b.WriteString("| mode | callers | " + baseline + " allocs/req | httpfx Δ allocs/req | A/A Δ allocs/req | " +
-		baseline + " client CPU µs/req | httpfx CPU ÷ " + baseline + " | A/A CPU ÷ " + baseline + " |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	cost := costVariants(wp.variants)
+	fmt.Fprintf(b, "%s Steady state: cost per request against %s\n\n", h, baseline)
+	b.WriteString("| mode | callers | " + baseline + " allocs/req |")
+	for _, v := range cost {
+		fmt.Fprintf(b, " %s Δ allocs/req |", v)
+	}
+	b.WriteString(" A/A Δ allocs/req | " + baseline + " client CPU µs/req |")
+	for _, v := range cost {
+		fmt.Fprintf(b, " %s CPU ÷ %s |", v, baseline)
+	}
+	b.WriteString(" A/A CPU ÷ " + baseline + " |\n|---|--:|--:|" + strings.Repeat("--:|", 2*len(cost)+3) + "\n")
 	for _, g := range r.warm {
 		s := g.summary()
-		base, fx, aa := s[baseline], s["httpfx"], s[control]
-		fmt.Fprintf(b, "| %s | %d | %.1f | %s | %s | %.1f | %s%s | %s |\n", g.mode.name, g.conc,
-			base.allocsPerReq, delta(fx), delta(aa), us(base.cpuPerReq), fx.cpuRatio, fx.cpuRatio.mark(aa.cpuRatio), aa.cpuRatio)
+		base, aa := s[baseline], s[control]
+		fmt.Fprintf(b, "| %s | %d | %.1f |", g.mode.name, g.conc, base.allocsPerReq)
+		for _, v := range cost {
+			fmt.Fprintf(b, " %s |", delta(s[v]))
+		}
+		fmt.Fprintf(b, " %s | %.1f |", delta(aa), us(base.cpuPerReq))
+		for _, v := range cost {
+			e := s[v].cpuRatio
+			fmt.Fprintf(b, " %s%s |", e, e.mark(aa.cpuRatio))
+		}
+		fmt.Fprintf(b, " %s |\n", aa.cpuRatio)
 	}
 	b.WriteString("\n")
 	if !full {
@@ -84,4 +100,16 @@ func delta(a warmAgg) string {
 	default:
 		return fmt.Sprintf("%+.1f (±%.1f)", a.allocsDelta, a.allocsHalf)
 	}
+}
+
+// costVariants are the variants of the cost table: httpfx, and raw-bare (the cheapest raw
+// client) if it ran.
+func costVariants(vs []variant) []string {
+	var out []string
+	for _, name := range []string{"httpfx", "raw-bare"} {
+		if slices.ContainsFunc(vs, func(v variant) bool { return v.name == name }) {
+			out = append(out, name)
+		}
+	}
+	return out
 }

@@ -87,6 +87,12 @@ func comparedVariants() []variant {
 			build:   buildRawTuned,
 		},
 		{
+			name:  "raw-bare",
+			desc:  "raw-tuned without ResponseHeaderTimeout and Client.Timeout: the cheapest pooled client (the in-package benchmark's rawtuned); steady state only",
+			parts: partWarm,
+			build: buildRawBare,
+		},
+		{
 			name:  "default",
 			desc:  "http.DefaultTransport's settings (a Clone; 2 idle conns per host), no Client.Timeout",
 			parts: variantParts,
@@ -207,10 +213,24 @@ func pooled(c *http.Client, t *http.Transport) *clientUnderTest {
 // buildRawTuned builds the hand-tuned transport: a large idle pool per host, no caps,
 // httpfx's timeouts, and a Client.Timeout like httpfx's Config.Timeout.
 func buildRawTuned(tg target) (*clientUnderTest, error) {
-	t := &http.Transport{
+	t := rawTunedTransport(tg.roots)
+	return pooled(&http.Client{Transport: t, Timeout: 30 * time.Second}, t), nil
+}
+
+// buildRawBare builds raw-tuned without its bounds on the wait for response headers and on
+// the whole request, which cost a timer and allocations per request.
+func buildRawBare(tg target) (*clientUnderTest, error) {
+	t := rawTunedTransport(tg.roots)
+	t.ResponseHeaderTimeout = 0
+	return pooled(&http.Client{Transport: t}, t), nil
+}
+
+// rawTunedTransport is raw-tuned's transport.
+func rawTunedTransport(roots *x509.CertPool) *http.Transport {
+	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: tg.roots},
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots},
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 10 * time.Second,
 		ExpectContinueTimeout: time.Second,
@@ -220,7 +240,6 @@ func buildRawTuned(tg target) (*clientUnderTest, error) {
 		MaxConnsPerHost:       0, // no limit
 		ForceAttemptHTTP2:     true,
 	}
-	return pooled(&http.Client{Transport: t, Timeout: 30 * time.Second}, t), nil
 }
 
 // defaultClone is a fresh clone of http.DefaultTransport's settings, trusting roots.

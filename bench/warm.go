@@ -208,3 +208,30 @@ func (g warmGroup) summary() map[string]warmAgg {
 	}
 	return out
 }
+
+// pair estimates the ratio of f of variant a to f of variant b, paired by block.
+func (g warmGroup) pair(a, b string, f func(segResult) float64) estimate {
+	var num, den []float64
+	for i, s := range g.segs[a] {
+		if i < len(g.segs[b]) {
+			num, den = append(num, f(s)), append(den, f(g.segs[b][i]))
+		}
+	}
+	return ratioEstimate(num, den)
+}
+
+// diff is the mean over blocks of f of variant a minus f of variant b, with its 95%
+// half-width.
+func (g warmGroup) diff(a, b string, f func(segResult) float64) (mean, half float64) {
+	var d []float64
+	for i, s := range g.segs[a] {
+		if i < len(g.segs[b]) {
+			d = append(d, f(s)-f(g.segs[b][i]))
+		}
+	}
+	return meanCI(d)
+}
+
+func segRPS(s segResult) float64    { return s.rps }
+func segAllocs(s segResult) float64 { return s.allocsPerReq }
+func segCPU(s segResult) float64    { return float64(s.cpuPerReq) }
