@@ -110,8 +110,8 @@ func fullPlan() plan {
 		},
 		warm: warmPlan{
 			concs:  []int{1, 16},
-			blocks: 40, segN: 3000, segCap: 150 * time.Millisecond, warmN: 1000,
-			groupCap: 30 * time.Second,
+			epochs: 8, blocks: 4, segN: 3000, segCap: 150 * time.Millisecond, warmN: 300,
+			groupCap: 35 * time.Second,
 		},
 		cells: cellPlan{
 			rounds:  4,
@@ -135,7 +135,7 @@ func quickPlan() plan {
 		},
 		warm: warmPlan{
 			concs:  []int{16},
-			blocks: 4, segN: 500, segCap: 250 * time.Millisecond, warmN: 200,
+			epochs: 3, blocks: 2, segN: 500, segCap: 150 * time.Millisecond, warmN: 200,
 			groupCap: 4 * time.Second,
 		},
 		cells: cellPlan{
@@ -159,7 +159,8 @@ func main() {
 	parts := flag.String("parts", "", "comma-separated parts to run: start, warm, cells, inpkg (default all; -quick: all but inpkg)")
 	seed := flag.Uint64("seed", 0, "seed of the shuffled orders (0 keeps the plan's)")
 	rounds := flag.Int("rounds", 0, "cells: override the number of rounds (0 keeps the plan's)")
-	blocks := flag.Int("blocks", 0, "warm: override the number of blocks per group (0 keeps the plan's)")
+	epochs := flag.Int("epochs", 0, "warm: override the number of epochs (client builds) per group (0 keeps the plan's)")
+	blocks := flag.Int("blocks", 0, "warm: override the number of blocks per epoch (0 keeps the plan's)")
 	reps := flag.Int("reps", 0, "start: override the number of bursts per variant and configuration (0 keeps the plan's)")
 	runs := flag.Int("runs", 0, "inpkg: override the number of runs of the test binary (0 keeps the plan's)")
 	onlyModes := flag.String("modes", "", "comma-separated modes to run (default all: http1,tls-h2,tls-h1)")
@@ -183,7 +184,7 @@ func main() {
 	for _, o := range []struct {
 		v   int
 		dst *int
-	}{{*rounds, &p.cells.rounds}, {*blocks, &p.warm.blocks}, {*reps, &p.start.reps}, {*runs, &p.inpkg.runs}} {
+	}{{*rounds, &p.cells.rounds}, {*epochs, &p.warm.epochs}, {*blocks, &p.warm.blocks}, {*reps, &p.start.reps}, {*runs, &p.inpkg.runs}} {
 		if o.v > 0 {
 			*o.dst = o.v
 		}

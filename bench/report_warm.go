@@ -15,14 +15,16 @@ func (r *report) writeWarm(b *strings.Builder, full bool) {
 	if full {
 		h = "##"
 		fmt.Fprintf(b, "## Steady state (warm clients)\n\n"+
-			"Per mode and number of callers (a group), every variant is built once, started and warmed with "+
-			"max(%d, 4×callers) requests; then the group runs blocks (at most %d, none started after %v): one segment "+
-			"of %d requests (none started after %v) of every variant, in an order drawn anew for each block. Ratios "+
-			"are paired by block. Server delay 0.\n\n", wp.warmN, wp.blocks, wp.groupCap, wp.segN, wp.segCap)
+			"Per mode and number of callers (a group), up to %d epochs (none started after %v): every variant is built, "+
+			"started and warmed with max(%d, 4×callers) requests, then %d blocks run (none started after %v), each one "+
+			"segment of every variant in an order drawn anew: %d requests, none started after %v. Ratios pair each "+
+			"segment with raw-tuned's of the same block; the geometric mean and its interval are taken over the "+
+			"epochs' means, so that they include how much two builds of the same client differ. Server delay 0.\n\n",
+			wp.epochs, wp.groupCap, wp.warmN, wp.blocks, wp.groupCap, wp.segN, wp.segCap)
 	}
 	others := compared(wp.variants)
 	fmt.Fprintf(b, "%s Steady state: requests/s relative to %s\n\n", h, baseline)
-	b.WriteString("| mode | callers | blocks | " + baseline + " req/s | A/A: " + control + " |")
+	b.WriteString("| mode | callers | epochs / blocks | " + baseline + " req/s | A/A: " + control + " |")
 	for _, v := range others {
 		fmt.Fprintf(b, " %s |", v.name)
 	}
@@ -30,7 +32,7 @@ func (r *report) writeWarm(b *strings.Builder, full bool) {
 	for _, g := range r.warm {
 		s := g.summary()
 		aa := s[control].rpsRatio
-		fmt.Fprintf(b, "| %s | %d | %d | %.0f | %s |", g.mode.name, g.conc, g.blocks, s[baseline].rps, aa)
+		fmt.Fprintf(b, "| %s | %d | %d / %d | %.0f | %s |", g.mode.name, g.conc, g.epochs, g.blocks, s[baseline].rps, aa)
 		for _, v := range others {
 			e := s[v.name].rpsRatio
 			if full {
@@ -75,7 +77,7 @@ func (r *report) writeWarm(b *strings.Builder, full bool) {
 	b.WriteString("### Steady state: every measurement (medians over segments)\n\n")
 	for _, g := range r.warm {
 		s := g.summary()
-		fmt.Fprintf(b, "#### %s (%s), %d callers: %d blocks in %.0fs\n\n", g.mode.name, g.mode.title, g.conc, g.blocks, g.elapsed.Seconds())
+		fmt.Fprintf(b, "#### %s (%s), %d callers: %d epochs, %d blocks in %.0fs\n\n", g.mode.name, g.mode.title, g.conc, g.epochs, g.blocks, g.elapsed.Seconds())
 		b.WriteString("| variant | req/s | ÷ " + baseline + " | allocs/req | Δ allocs/req | client CPU µs/req | CPU ÷ " + baseline +
 			" | p50 ms | p99 ms | conns/req | other CPU | errors |\n")
 		b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")

@@ -4,30 +4,38 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"time"
 )
 
-// The warm part measures the steady state: per mode and concurrency (a group), every variant
-// is built once, started and warmed, then the group runs blocks; a block runs one segment of
-// every variant, in an order drawn anew for each block. A segment is a short load (warmPlan.segN
-// requests from conc callers) metered like a cell. Variants are compared block by block, so
-// that a slow drift of the machine (other engineers' tests) hits both sides of each ratio.
+// The warm part measures the steady state: per mode and concurrency (a group), epochs; an
+// epoch builds every variant (in a shuffled order), starts and warms it, runs blocks, and
+// closes the clients. A block runs one segment of every variant, in an order drawn anew for
+// each block. A segment is a short load (warmPlan.segN requests from conc callers, or segCap)
+// metered like a cell. Variants are compared block by block, so that a slow drift of the
+// machine (other engineers' tests) hits both sides of each ratio; and a client's own lasting
+// luck (its connections, where its memory landed: two identical clients built once can differ
+// by a few percent, and by an allocation per request, for as long as they live) is sampled
+// once per epoch, so the intervals are taken over epochs: each epoch's mean over its blocks is
+// one observation.
 
 // warmPlan sizes the steady-state part.
 type warmPlan struct {
 	concs    []int
-	blocks   int           // blocks per group, at most
+	epochs   int           // client builds per group, at most
+	blocks   int           // blocks per epoch
 	segN     int           // requests per segment
 	segCap   time.Duration // no new request of a segment starts after this
-	warmN    int           // requests per variant before the first block, not measured
+	warmN    int           // requests per variant after each build, not measured
 	groupCap time.Duration // no new block of a group starts after this
 	variants []variant
 }
 
 // segResult is one segment's measurements.
 type segResult struct {
+	epoch        int
 	ok, errors   int
 	firstErr     string
 	rps          float64
@@ -45,6 +53,7 @@ type warmGroup struct {
 	conc     int
 	variants []variant
 	segs     map[string][]segResult
+	epochs   int
 	blocks   int
 	elapsed  time.Duration
 }
@@ -64,16 +73,33 @@ func runWarmPart(ctx context.Context, ch *child, p plan, rng *rand.Rand) ([]warm
 	return groups, nil
 }
 
-// runWarmGroup builds, starts and warms every variant for mode m and conc callers, runs the
-// blocks (at most wp.blocks, none started after wp.groupCap), then closes every client and
-// waits until the server has seen their connections close.
-func runWarmGroup(ctx context.Context, ch *child, wp warmPlan, m mode, conc int, rng *rand.Rand) (g warmGroup, err error) {
+// runWarmGroup runs the epochs of mode m and conc callers: at most wp.epochs, and no block
+// started after wp.groupCap.
+func runWarmGroup(ctx context.Context, ch *child, wp warmPlan, m mode, conc int, rng *rand.Rand) (warmGroup, error) {
 	began := time.Now()
-	g = warmGroup{mode: m, conc: conc, variants: wp.variants, segs: make(map[string][]segResult)}
-	base, url := ch.endpoint(m, 0)
+	g := warmGroup{mode: m, conc: conc, variants: wp.variants, segs: make(map[string][]segResult)}
+	for g.epochs < wp.epochs && time.Since(began) < wp.groupCap {
+		if err := g.runEpoch(ctx, ch, wp, began, rng); err != nil {
+			return warmGroup{}, fmt.Errorf("epoch %d: %w", g.epochs+1, err)
+		}
+		g.epochs++
+		fmt.Fprintf(os.Stderr, "warm  %-6s c=%-3d epoch %d/%d, %d blocks, %4.1fs\n", m.name, conc, g.epochs, wp.epochs, g.blocks, time.Since(began).Seconds())
+	}
+	if g.blocks == 0 {
+		return warmGroup{}, errors.New("no block finished within the group's time cap")
+	}
+	g.elapsed = time.Since(began)
+	return g, nil
+}
+
+// runEpoch builds, starts and warms every variant, runs wp.blocks blocks (none started after
+// wp.groupCap from groupBegan), then closes every client and waits until the server has seen
+// their connections close.
+func (g *warmGroup) runEpoch(ctx context.Context, ch *child, wp warmPlan, groupBegan time.Time, rng *rand.Rand) (err error) {
+	base, url := ch.endpoint(g.mode, 0)
 	st, err := ch.stats(ctx)
 	if err != nil {
-		return warmGroup{}, err
+		return err
 	}
 	clients := make(map[string]*clientUnderTest, len(wp.variants))
 	defer func() {
@@ -84,14 +110,14 @@ func runWarmGroup(ctx context.Context, ch *child, wp warmPlan, m mode, conc int,
 				err = fmt.Errorf("close %s: %w", name, cerr)
 			}
 		}
-		if _, werr := ch.waitIdle(ctx, m.name, st.ConnsOpen[m.name], 5*time.Second); werr != nil && err == nil {
+		if _, werr := ch.waitIdle(ctx, g.mode.name, st.ConnsOpen[g.mode.name], 5*time.Second); werr != nil && err == nil {
 			err = werr
 		}
 	}()
-	for _, v := range wp.variants {
-		cli, err := v.build(target{roots: ch.roots, base: base, conc: conc})
+	for _, v := range shuffled(rng, wp.variants) {
+		cli, err := v.build(target{roots: ch.roots, base: base, conc: g.conc})
 		if err != nil {
-			return warmGroup{}, fmt.Errorf("build %s: %w", v.name, err)
+			return fmt.Errorf("build %s: %w", v.name, err)
 		}
 		clients[v.name] = cli
 		if cli.start != nil {
@@ -99,34 +125,28 @@ func runWarmGroup(ctx context.Context, ch *child, wp warmPlan, m mode, conc int,
 			err := cli.start(sctx)
 			cancel()
 			if err != nil {
-				return warmGroup{}, fmt.Errorf("start %s: %w", v.name, err)
+				return fmt.Errorf("start %s: %w", v.name, err)
 			}
 		}
-		if ld := drive(ctx, cli, url, conc, max(wp.warmN, 4*conc), wp.segCap); ld.errors > 0 {
-			return warmGroup{}, fmt.Errorf("warm-up of %s: %d errors, the first: %s", v.name, ld.errors, ld.firstErr)
+		if ld := drive(ctx, cli, url, g.conc, max(wp.warmN, 4*g.conc), wp.segCap); ld.errors > 0 {
+			return fmt.Errorf("warm-up of %s: %d errors, the first: %s", v.name, ld.errors, ld.firstErr)
 		}
 	}
-	for g.blocks < wp.blocks && time.Since(began) < wp.groupCap {
+	for b := 0; b < wp.blocks && time.Since(groupBegan) < wp.groupCap; b++ {
 		for _, v := range shuffled(rng, wp.variants) {
 			if err := ctx.Err(); err != nil {
-				return warmGroup{}, fmt.Errorf("interrupted: %w", err)
+				return fmt.Errorf("interrupted: %w", err)
 			}
-			s, err := runSegment(ctx, ch, clients[v.name], m, url, conc, wp)
+			s, err := runSegment(ctx, ch, clients[v.name], g.mode, url, g.conc, wp)
 			if err != nil {
-				return warmGroup{}, fmt.Errorf("segment of %s: %w", v.name, err)
+				return fmt.Errorf("segment of %s: %w", v.name, err)
 			}
+			s.epoch = g.epochs
 			g.segs[v.name] = append(g.segs[v.name], s)
 		}
 		g.blocks++
-		if g.blocks%5 == 0 || g.blocks == wp.blocks {
-			fmt.Fprintf(os.Stderr, "warm  %-6s c=%-3d block %d/%d %4.1fs\n", m.name, conc, g.blocks, wp.blocks, time.Since(began).Seconds())
-		}
 	}
-	if g.blocks == 0 {
-		return warmGroup{}, errors.New("no block finished within the group's time cap")
-	}
-	g.elapsed = time.Since(began)
-	return g, nil
+	return nil
 }
 
 // runSegment runs one segment of cli and meters it.
@@ -159,9 +179,9 @@ func runSegment(ctx context.Context, ch *child, cli *clientUnderTest, m mode, ur
 // warmAgg summarises one variant of a group.
 type warmAgg struct {
 	rps          float64  // median over segments
-	rpsRatio     estimate // to the baseline, paired by block
+	rpsRatio     estimate // to the baseline (see warmGroup.pair)
 	allocsPerReq float64  // median
-	allocsDelta  float64  // mean over blocks of the difference to the baseline's
+	allocsDelta  float64  // mean difference to the baseline's (see warmGroup.diff)
 	allocsHalf   float64  // its 95% half-width
 	cpuPerReq    time.Duration
 	cpuRatio     estimate
@@ -174,13 +194,12 @@ type warmAgg struct {
 
 // summary aggregates every variant of g.
 func (g warmGroup) summary() map[string]warmAgg {
-	base := g.segs[baseline]
 	out := make(map[string]warmAgg, len(g.segs))
 	for name, segs := range g.segs {
 		var a warmAgg
-		var rps, brps, allocs, cpu, bcpu, conns, other, dAllocs []float64
+		var rps, allocs, cpu, conns, other []float64
 		var p50, p99 []time.Duration
-		for i, s := range segs {
+		for _, s := range segs {
 			rps = append(rps, s.rps)
 			allocs = append(allocs, s.allocsPerReq)
 			cpu = append(cpu, float64(s.cpuPerReq))
@@ -191,45 +210,65 @@ func (g warmGroup) summary() map[string]warmAgg {
 			if a.firstErr == "" {
 				a.firstErr = s.firstErr
 			}
-			if i < len(base) {
-				brps = append(brps, base[i].rps)
-				bcpu = append(bcpu, float64(base[i].cpuPerReq))
-				dAllocs = append(dAllocs, s.allocsPerReq-base[i].allocsPerReq)
-			}
 		}
 		a.rps, a.allocsPerReq, a.connsPerReq, a.otherCPU = median(rps), median(allocs), median(conns), median(other)
 		a.cpuPerReq = time.Duration(median(cpu))
 		a.p50, a.p99 = median(p50), median(p99)
-		a.rpsRatio = ratioEstimate(rps, brps)
-		// CPU per request: lower is better, so the ratio is the variant's over the baseline's.
-		a.cpuRatio = ratioEstimate(cpu, bcpu)
-		a.allocsDelta, a.allocsHalf = meanCI(dAllocs)
+		a.rpsRatio = g.pair(name, baseline, segRPS)
+		// CPU per request: lower is better; the ratio is still the variant's over the baseline's.
+		a.cpuRatio = g.pair(name, baseline, segCPU)
+		a.allocsDelta, a.allocsHalf = g.diff(name, baseline, segAllocs)
 		out[name] = a
 	}
 	return out
 }
 
-// pair estimates the ratio of f of variant a to f of variant b, paired by block.
+// pair estimates the ratio of f of variant a to f of variant b: the log ratios of the
+// segments of each block, averaged per epoch, then over epochs with a t-interval (over blocks
+// if the group has a single epoch). Segments where either value is not positive are left out.
 func (g warmGroup) pair(a, b string, f func(segResult) float64) estimate {
-	var num, den []float64
-	for i, s := range g.segs[a] {
-		if i < len(g.segs[b]) {
-			num, den = append(num, f(s)), append(den, f(g.segs[b][i]))
+	return logEstimate(g.units(a, b, func(x, y segResult) (float64, bool) {
+		if f(x) <= 0 || f(y) <= 0 {
+			return 0, false
 		}
-	}
-	return ratioEstimate(num, den)
+		return math.Log(f(x) / f(y)), true
+	}))
 }
 
-// diff is the mean over blocks of f of variant a minus f of variant b, with its 95%
-// half-width.
+// diff is the mean difference of f of variant a to f of variant b, averaged per epoch and over
+// epochs as pair does, with its 95% half-width.
 func (g warmGroup) diff(a, b string, f func(segResult) float64) (mean, half float64) {
-	var d []float64
-	for i, s := range g.segs[a] {
-		if i < len(g.segs[b]) {
-			d = append(d, f(s)-f(g.segs[b][i]))
+	return meanCI(g.units(a, b, func(x, y segResult) (float64, bool) { return f(x) - f(y), true }))
+}
+
+// units applies d to the segments of a and b of each block and returns the mean per epoch, or
+// the values per block if fewer than two epochs have any.
+func (g warmGroup) units(a, b string, d func(x, y segResult) (float64, bool)) []float64 {
+	sa, sb := g.segs[a], g.segs[b]
+	var perBlock []float64
+	sums, counts := make(map[int]float64), make(map[int]int)
+	var epochs []int
+	for i := range min(len(sa), len(sb)) {
+		v, ok := d(sa[i], sb[i])
+		if !ok {
+			continue
 		}
+		perBlock = append(perBlock, v)
+		e := sa[i].epoch
+		if counts[e] == 0 {
+			epochs = append(epochs, e)
+		}
+		sums[e] += v
+		counts[e]++
 	}
-	return meanCI(d)
+	if len(epochs) < 2 {
+		return perBlock
+	}
+	var means []float64
+	for _, e := range epochs {
+		means = append(means, sums[e]/float64(counts[e]))
+	}
+	return means
 }
 
 func segRPS(s segResult) float64    { return s.rps }
