@@ -27,6 +27,7 @@ type startPlan struct {
 	concs    []int
 	delays   []time.Duration
 	reps     int
+	partCap  time.Duration // no repetition started unless it is expected to end within this
 	variants []variant
 }
 
@@ -49,22 +50,25 @@ type burstResult struct {
 	protos     []string
 }
 
-// runStartPart runs p.start.reps repetitions of every burst configuration.
-func runStartPart(ctx context.Context, ch *child, p plan, rng *rand.Rand) (map[burstKey][]burstResult, error) {
+// runStartPart runs p.start.reps repetitions of every burst configuration, fewer if the next
+// is not expected to end within p.start.partCap, and returns the results and the repetitions
+// run.
+func runStartPart(ctx context.Context, ch *child, p plan, rng *rand.Rand) (map[burstKey][]burstResult, int, error) {
 	sp := p.start
 	out := make(map[burstKey][]burstResult)
 	began := time.Now()
-	for rep := range sp.reps {
+	rep := 0
+	for ; rep < sp.reps && another(began, rep, sp.partCap); rep++ {
 		for _, m := range p.modes {
 			for _, delay := range sp.delays {
 				for _, conc := range sp.concs {
 					for _, v := range shuffled(rng, sp.variants) {
 						if err := ctx.Err(); err != nil {
-							return nil, fmt.Errorf("interrupted: %w", err)
+							return nil, 0, fmt.Errorf("interrupted: %w", err)
 						}
 						r, err := runBurst(ctx, ch, m, delay, conc, v)
 						if err != nil {
-							return nil, fmt.Errorf("%s delay=%v c=%d %s: %w", m.name, delay, conc, v.name, err)
+							return nil, 0, fmt.Errorf("%s delay=%v c=%d %s: %w", m.name, delay, conc, v.name, err)
 						}
 						k := burstKey{m.name, delay, conc, v.name}
 						out[k] = append(out[k], r)
@@ -74,7 +78,7 @@ func runStartPart(ctx context.Context, ch *child, p plan, rng *rand.Rand) (map[b
 		}
 		fmt.Fprintf(os.Stderr, "start repetition %d/%d %5.1fs\n", rep+1, sp.reps, time.Since(began).Seconds())
 	}
-	return out, nil
+	return out, rep, nil
 }
 
 // runBurst builds v for conc callers of mode m, starts it, sends one burst of conc concurrent

@@ -81,6 +81,7 @@ type plan struct {
 // cellPlan sizes the cold-cell part.
 type cellPlan struct {
 	rounds   int
+	partCap  time.Duration // no round started unless it is expected to end within this
 	concs    []int
 	delays   []time.Duration
 	timeCap  time.Duration // per cell
@@ -106,16 +107,16 @@ func fullPlan() plan {
 		start: startPlan{
 			concs:  []int{1, 16, 128},
 			delays: []time.Duration{0, 5 * time.Millisecond},
-			reps:   6,
+			reps:   5, partCap: 90 * time.Second,
 		},
 		warm: warmPlan{
 			concs:  []int{1, 16},
 			epochs: 8, blocks: 4, segN: 3000, segCap: 150 * time.Millisecond, warmN: 300,
-			groupCap: 35 * time.Second,
+			groupCap: 30 * time.Second,
 		},
 		cells: cellPlan{
-			rounds:  4,
-			concs:   []int{1, 16, 128, 512},
+			rounds: 4, partCap: 330 * time.Second,
+			concs:   []int{16, 128, 512},
 			delays:  []time.Duration{0, 5 * time.Millisecond},
 			timeCap: 500 * time.Millisecond,
 			minN:    1500, perConc: 30, maxN: 8192,
@@ -131,7 +132,7 @@ func quickPlan() plan {
 		start: startPlan{
 			concs:  []int{16},
 			delays: []time.Duration{0},
-			reps:   2,
+			reps:   2, partCap: 10 * time.Second,
 		},
 		warm: warmPlan{
 			concs:  []int{16},
@@ -139,8 +140,8 @@ func quickPlan() plan {
 			groupCap: 4 * time.Second,
 		},
 		cells: cellPlan{
-			rounds:  1,
-			concs:   []int{1, 16, 128},
+			rounds: 1, partCap: 30 * time.Second,
+			concs:   []int{16, 128},
 			delays:  []time.Duration{0, 5 * time.Millisecond},
 			timeCap: 200 * time.Millisecond,
 			minN:    200, perConc: 4, maxN: 2048,
@@ -223,7 +224,7 @@ func run(ctx context.Context, p plan, outDir string) (err error) {
 	rep := &report{plan: p, when: began}
 	if p.parts.has(partStart) {
 		t0 := time.Now()
-		if rep.start, err = runStartPart(ctx, ch, p, rng); err != nil {
+		if rep.start, rep.plan.start.reps, err = runStartPart(ctx, ch, p, rng); err != nil {
 			return fmt.Errorf("start part: %w", err)
 		}
 		rep.took[0] = time.Since(t0)
@@ -237,11 +238,13 @@ func run(ctx context.Context, p plan, outDir string) (err error) {
 	}
 	if p.parts.has(partCells) {
 		t0 := time.Now()
-		results, retries, err := runCellsPart(ctx, ch, p, rng)
+		results, rounds, retries, err := runCellsPart(ctx, ch, p, rng)
 		if err != nil {
 			return fmt.Errorf("cells part: %w", err)
 		}
-		rep.cells, rep.retries = buildCells(p.cells, results), retries
+		cp := p.cells
+		cp.rounds = rounds
+		rep.cells, rep.retries = buildCells(cp, results), retries
 		rep.took[2] = time.Since(t0)
 	}
 	if p.parts.has(partInpkg) {
@@ -255,34 +258,49 @@ func run(ctx context.Context, p plan, outDir string) (err error) {
 	return rep.write(outDir)
 }
 
-// runCellsPart measures every cell of p.cells for p.cells.rounds rounds. Within a round each
-// cell configuration runs every variant once, in an order drawn from rng, so that the
-// variants of a configuration are measured side by side and paired by round.
-func runCellsPart(ctx context.Context, ch *child, p plan, rng *rand.Rand) (map[cellKey][]cellResult, int, error) {
+// runCellsPart measures every cell of p.cells for p.cells.rounds rounds, fewer if the next
+// round is not expected to end within p.cells.partCap. Within a round each cell configuration
+// runs every variant once, in an order drawn from rng, so that the variants of a configuration
+// are measured side by side and paired by round. It returns the results, the rounds run and
+// the re-runs.
+func runCellsPart(ctx context.Context, ch *child, p plan, rng *rand.Rand) (map[cellKey][]cellResult, int, int, error) {
 	began := time.Now()
 	cp := p.cells
 	results := make(map[cellKey][]cellResult)
 	q := &quietRunner{plan: cp, child: ch, budget: cp.retryBudget}
 	total := cp.rounds * len(p.modes) * len(cp.delays) * len(cp.concs) * len(cp.variants)
-	done := 0
-	for round := range cp.rounds {
+	done, rounds := 0, 0
+	for ; rounds < cp.rounds && another(began, rounds, cp.partCap); rounds++ {
 		for _, spec := range cp.cells(p.modes, rng) {
 			if err := ctx.Err(); err != nil {
-				return nil, 0, fmt.Errorf("interrupted: %w", err)
+				return nil, 0, 0, fmt.Errorf("interrupted: %w", err)
 			}
 			r, err := q.run(ctx, spec)
 			if err != nil {
-				return nil, 0, fmt.Errorf("cell %s delay=%v c=%d %s: %w", spec.mode.name, spec.delay, spec.conc, spec.variant.name, err)
+				return nil, 0, 0, fmt.Errorf("cell %s delay=%v c=%d %s: %w", spec.mode.name, spec.delay, spec.conc, spec.variant.name, err)
 			}
 			k := cellKey{spec.mode.name, spec.delay, spec.conc, spec.variant.name}
 			results[k] = append(results[k], r)
 			done++
 			fmt.Fprintf(os.Stderr, "cells [%3d/%d %4.0fs] r%d %-6s d=%-3v c=%-3d %-15s %6.0f req/s p99 %8v conns/req %.3f err %d other CPU %3.0f%%\n",
-				done, total, time.Since(began).Seconds(), round+1, spec.mode.name, spec.delay, spec.conc, spec.variant.name,
+				done, total, time.Since(began).Seconds(), rounds+1, spec.mode.name, spec.delay, spec.conc, spec.variant.name,
 				r.RPS, r.P99.Round(10*time.Microsecond), r.ConnsPerReq, r.Errors, 100*r.OtherCPU)
 		}
 	}
-	return results, q.retries, nil
+	if rounds < cp.rounds {
+		fmt.Fprintf(os.Stderr, "cells: stopped after %d of %d rounds, the next would end past %v\n", rounds, cp.rounds, cp.partCap)
+	}
+	return results, rounds, q.retries, nil
+}
+
+// another reports whether one more unit of work (a round, a repetition), expected to take as
+// long as the average of the done units so far, would end within limit of began. The first
+// always runs.
+func another(began time.Time, done int, limit time.Duration) bool {
+	if done == 0 {
+		return true
+	}
+	return time.Since(began)*time.Duration(done+1)/time.Duration(done) <= limit
 }
 
 // cellKey identifies a cell across rounds.

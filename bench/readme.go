@@ -36,10 +36,11 @@ func (r *report) readme() string {
 		"`bench/results/README-performance.md` is this text, written by the same run.\n\n", p.name, r.machine(), r.timing())
 
 	b.WriteString("### How to read it\n\n" +
-		"- **Noise is measured, not assumed.** On a shared 2-core machine two identical clients differ by 15% and more " +
-		"between rounds. Every part therefore runs the **A/A control** `raw-tuned-b`, a second `raw-tuned` built the " +
+		"- **Noise is measured, not assumed.** Client and server share the machine's cores, and other processes may " +
+		"use them too: two identical clients measured one after the other can differ by more than the differences " +
+		"of interest. Every part therefore runs the **A/A control** `raw-tuned-b`, a second `raw-tuned` built the " +
 		"same way, and pairs every variant with `raw-tuned` measured at nearly the same time (same round, block or " +
-		"repetition, in shuffled order).\n" +
+		"repetition, in shuffled order; in the steady state, with clients built anew for every epoch).\n" +
 		"- **Ratios** are geometric means of those paired ratios, with their 95% confidence interval in parentheses " +
 		"(a t-interval over the log ratios). The A/A's ratio and interval are printed beside every ratio: a ratio " +
 		"whose interval overlaps the A/A's is **within noise**. ▼ marks one wholly below the A/A's interval, ▲ one " +
@@ -130,6 +131,17 @@ func (r *report) warmFindings() []string {
 		span("%.2f", fxR), len(r.warm), within, len(r.warm), span("%.2f", aaR), minOr0(aaW), maxOr0(aaW))
 	if len(below) > 0 {
 		s += " Below the noise: " + strings.Join(below, "; ") + "."
+	}
+	if len(r.warm) > 1 {
+		fx, aa := pooledRatio(r.warm, "httpfx", baseline, segRPS), pooledRatio(r.warm, control, baseline, segRPS)
+		verdict := "within noise"
+		switch fx.mark(aa) {
+		case " ▼":
+			verdict = "below the A/A's interval"
+		case " ▲":
+			verdict = "above the A/A's interval"
+		}
+		s += fmt.Sprintf(" Pooled over the groups (every epoch of every group), httpfx reads %s against the A/A's %s: %s.", fx, aa, verdict)
 	}
 	if len(above) > 0 {
 		s += " Above it: " + strings.Join(above, "; ") + "."

@@ -45,13 +45,16 @@ func (r *report) write(outDir string) error {
 		if !f.ok {
 			continue
 		}
+		text := f.text()
 		path := filepath.Join(outDir, f.name)
-		if err := os.WriteFile(path, []byte(f.text()), 0o644); err != nil {
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 			return fmt.Errorf("write %s: %w", path, err)
+		}
+		if f.name == "report.md" {
+			fmt.Print(text)
 		}
 		wrote = append(wrote, path)
 	}
-	fmt.Print(r.markdown())
 	fmt.Fprintf(os.Stderr, "bench: wrote %s in %v\n", strings.Join(wrote, ", "), r.wall.Round(time.Second))
 	if !r.plan.complete {
 		fmt.Fprintln(os.Stderr, "bench: a narrowed run (-parts, -modes, -variants, -concs or -delays): README-performance.md not written")

@@ -43,6 +43,19 @@ func (r *report) writeWarm(b *strings.Builder, full bool) {
 		}
 		b.WriteString("\n")
 	}
+	if len(r.warm) > 1 {
+		aa := pooledRatio(r.warm, control, baseline, segRPS)
+		epochs, blocks := 0, 0
+		for _, g := range r.warm {
+			epochs, blocks = epochs+g.epochs, blocks+g.blocks
+		}
+		fmt.Fprintf(b, "| all, pooled | | %d / %d | | %s |", epochs, blocks, aa)
+		for _, v := range others {
+			e := pooledRatio(r.warm, v.name, baseline, segRPS)
+			fmt.Fprintf(b, " %s%s |", e, e.mark(aa)) // with its interval in both forms: the headline
+		}
+		b.WriteString("\n")
+	}
 	b.WriteString("\n")
 
 	cost := costVariants(wp.variants)

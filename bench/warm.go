@@ -227,12 +227,7 @@ func (g warmGroup) summary() map[string]warmAgg {
 // segments of each block, averaged per epoch, then over epochs with a t-interval (over blocks
 // if the group has a single epoch). Segments where either value is not positive are left out.
 func (g warmGroup) pair(a, b string, f func(segResult) float64) estimate {
-	return logEstimate(g.units(a, b, func(x, y segResult) (float64, bool) {
-		if f(x) <= 0 || f(y) <= 0 {
-			return 0, false
-		}
-		return math.Log(f(x) / f(y)), true
-	}))
+	return pooledRatio([]warmGroup{g}, a, b, f)
 }
 
 // diff is the mean difference of f of variant a to f of variant b, averaged per epoch and over
@@ -269,6 +264,22 @@ func (g warmGroup) units(a, b string, d func(x, y segResult) (float64, bool)) []
 		means = append(means, sums[e]/float64(counts[e]))
 	}
 	return means
+}
+
+// pooledRatio estimates the ratio of f of a to f of b over all groups: the units of every group
+// (epoch means) taken together. It is the average over the groups' modes and callers, sharper
+// than any one group's.
+func pooledRatio(groups []warmGroup, a, b string, f func(segResult) float64) estimate {
+	var logs []float64
+	for _, g := range groups {
+		logs = append(logs, g.units(a, b, func(x, y segResult) (float64, bool) {
+			if f(x) <= 0 || f(y) <= 0 {
+				return 0, false
+			}
+			return math.Log(f(x) / f(y)), true
+		})...)
+	}
+	return logEstimate(logs)
 }
 
 func segRPS(s segResult) float64    { return s.rps }
