@@ -51,6 +51,12 @@ func (r *report) writeWarm(b *strings.Builder, full bool) {
 		}
 		fmt.Fprintf(b, "| all, pooled | | %d / %d | | %s |", epochs, blocks, aa)
 		for _, v := range others {
+			// Pooled only where the groups measure the same kind of cost: not for the
+			// clients whose ratio depends on the mode (default, cleanhttp churn over TLS).
+			if !slices.Contains(costVariants(wp.variants), v.name) {
+				b.WriteString(" – |")
+				continue
+			}
 			e := pooledRatio(r.warm, v.name, baseline, segRPS)
 			fmt.Fprintf(b, " %s%s |", e, e.mark(aa)) // with its interval in both forms: the headline
 		}
