@@ -141,7 +141,12 @@ func (r *report) warmFindings() []string {
 		case " ▲":
 			verdict = "above the A/A's interval"
 		}
-		s += fmt.Sprintf(" Pooled over the groups (every epoch of every group), httpfx reads %s against the A/A's %s: %s.", fx, aa, verdict)
+		one := "includes"
+		if fx.ok() && (fx.Hi < 1 || fx.Lo > 1) {
+			one = "excludes"
+		}
+		s += fmt.Sprintf(" Pooled over the groups (every epoch of every group), httpfx reads %s against the A/A's %s: %s "+
+			"by the overlap rule; httpfx's own interval %s 1.00.", fx, aa, verdict, one)
 	}
 	if len(above) > 0 {
 		s += " Above it: " + strings.Join(above, "; ") + "."

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -174,13 +173,6 @@ func median[T float64 | time.Duration](xs []T) T {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func ratio(a, b float64) float64 {
-	if b == 0 {
-		return math.NaN()
-	}
-	return a / b
-}
-
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
@@ -198,15 +190,6 @@ func errText(n int, first string) string {
 		return "0"
 	}
 	return fmt.Sprintf("%d (%s)", n, truncate(first, 60))
-}
-
-// names are the names of vs.
-func names(vs []variant) []string {
-	var ns []string
-	for _, v := range vs {
-		ns = append(ns, v.name)
-	}
-	return ns
 }
 
 // compared are the variants of vs other than the baseline and its control, in order.
