@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"runtime"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,10 +18,13 @@ type mode struct {
 	h2    bool // TLS offers HTTP/2 (ALPN h2) as well as HTTP/1.1
 }
 
-var modes = []mode{
-	{name: "http1", title: "plain HTTP/1.1"},
-	{name: "tls-h2", title: "TLS offering HTTP/2", tls: true, h2: true},
-	{name: "tls-h1", title: "TLS, HTTP/1.1 only", tls: true},
+// modes are the kinds of upstream, in report order.
+func modes() []mode {
+	return []mode{
+		{name: "http1", title: "plain HTTP/1.1"},
+		{name: "tls-h2", title: "TLS offering HTTP/2", tls: true, h2: true},
+		{name: "tls-h1", title: "TLS, HTTP/1.1 only", tls: true},
+	}
 }
 
 // cellSpec is one measurement: a variant at a concurrency against a mode and delay.
@@ -63,25 +64,12 @@ const hardGrace = 20 * time.Second
 // at spec.timeCap), measures, closes the client and waits until the server has seen its
 // connections close.
 func runCell(ctx context.Context, ch *child, spec cellSpec) (cellResult, error) {
-	addr := ch.info.Addrs[spec.mode.name]
-	_, portStr, err := net.SplitHostPort(addr)
+	port, err := ch.port(spec.mode)
 	if err != nil {
-		return cellResult{}, fmt.Errorf("server address %q: %w", addr, err)
+		return cellResult{}, err
 	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil {
-		return cellResult{}, fmt.Errorf("server port %q: %w", portStr, err)
-	}
-	scheme := "http"
-	if spec.mode.tls {
-		scheme = "https"
-	}
-	url := scheme + "://" + addr + "/"
-	if spec.delay > 0 {
-		url += "sleep/" + spec.delay.String()
-	}
-
-	cli, err := spec.variant.build(ch.roots)
+	base, url := ch.endpoint(spec.mode, spec.delay)
+	cli, err := spec.variant.build(target{roots: ch.roots, base: base, conc: spec.conc})
 	if err != nil {
 		return cellResult{}, fmt.Errorf("build %s: %w", spec.variant.name, err)
 	}
@@ -96,41 +84,25 @@ func runCell(ctx context.Context, ch *child, spec cellSpec) (cellResult, error) 
 		return cli.close(cctx)
 	}
 	defer closeClient()
+	if cli.start != nil {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := cli.start(sctx)
+		cancel()
+		if err != nil {
+			return cellResult{}, fmt.Errorf("start %s: %w", spec.variant.name, err)
+		}
+	}
 
-	// Everything the parent does besides the load (stats requests, /proc reads, GC) stays
-	// outside the window between the two MemStats and rusage reads.
-	runtime.GC()
 	twBefore, err := readTimeWait()
 	if err != nil {
 		return cellResult{}, err
 	}
-	sBefore, err := ch.stats(ctx)
+	m0, err := meterBegin(ctx, ch)
 	if err != nil {
 		return cellResult{}, err
 	}
-	var m0, m1 runtime.MemStats
-	runtime.ReadMemStats(&m0)
-	cpu0, err := selfCPU()
-	if err != nil {
-		return cellResult{}, err
-	}
-	host0, err := hostBusy()
-	if err != nil {
-		return cellResult{}, err
-	}
-
-	ld := drive(ctx, cli, url, spec)
-
-	host1, err := hostBusy()
-	if err != nil {
-		return cellResult{}, err
-	}
-	cpu1, err := selfCPU()
-	if err != nil {
-		return cellResult{}, err
-	}
-	runtime.ReadMemStats(&m1)
-	sAfter, err := ch.stats(ctx)
+	ld := drive(ctx, cli, url, spec.conc, spec.n, spec.timeCap)
+	m, err := m0.end(ctx, ch, spec.mode, ld.elapsed)
 	if err != nil {
 		return cellResult{}, err
 	}
@@ -141,7 +113,7 @@ func runCell(ctx context.Context, ch *child, spec cellSpec) (cellResult, error) 
 	if err := closeClient(); err != nil {
 		return cellResult{}, err
 	}
-	leftover, err := ch.waitIdle(ctx, spec.mode.name, sBefore.ConnsOpen[spec.mode.name], 5*time.Second)
+	leftover, err := ch.waitIdle(ctx, spec.mode.name, m0.server.ConnsOpen[spec.mode.name], 5*time.Second)
 	if err != nil {
 		return cellResult{}, err
 	}
@@ -153,8 +125,9 @@ func runCell(ctx context.Context, ch *child, spec cellSpec) (cellResult, error) 
 		FirstErr: ld.firstErr,
 		Elapsed:  ld.elapsed,
 		Protos:   ld.protos,
-		NewConns: sAfter.ConnsNew[spec.mode.name] - sBefore.ConnsNew[spec.mode.name],
+		NewConns: m.newConns,
 		Leftover: leftover,
+		OtherCPU: m.otherCPU,
 	}
 	if ld.elapsed > 0 {
 		r.RPS = float64(ld.ok) / ld.elapsed.Seconds()
@@ -162,16 +135,83 @@ func runCell(ctx context.Context, ch *child, spec cellSpec) (cellResult, error) 
 	r.P50, r.P99 = percentile(ld.latencies, 0.50), percentile(ld.latencies, 0.99)
 	if sent > 0 {
 		r.ConnsPerReq = float64(r.NewConns) / float64(sent)
-		r.AllocsPerReq = float64(m1.Mallocs-m0.Mallocs) / float64(sent)
-		r.ClientCPUPerRq = (cpu1 - cpu0) / time.Duration(sent)
-		r.ServerCPUPerRq = (sAfter.CPU - sBefore.CPU) / time.Duration(sent)
+		r.AllocsPerReq = float64(m.mallocs) / float64(sent)
+		r.ClientCPUPerRq = m.cpu / time.Duration(sent)
+		r.ServerCPUPerRq = m.serverCPU / time.Duration(sent)
 	}
 	r.TWClient, r.TWServer = newTimeWait(twBefore, twAfter, port)
-	if ld.elapsed > 0 {
-		other := (host1 - host0) - (cpu1 - cpu0) - (sAfter.CPU - sBefore.CPU)
-		r.OtherCPU = max(0, float64(other)/float64(ld.elapsed)/float64(runtime.NumCPU()))
-	}
 	return r, nil
+}
+
+// meterStart is the counters read before a load.
+type meterStart struct {
+	server  serverStats
+	mallocs uint64
+	cpu     time.Duration // this process's
+	host    time.Duration // every process's
+}
+
+// metered is what a load cost, from meterStart.end.
+type metered struct {
+	mallocs   uint64        // allocations of this process (the client)
+	cpu       time.Duration // CPU time of this process
+	serverCPU time.Duration // CPU time of the server process
+	newConns  int64         // connections the server accepted in the load's mode
+	otherCPU  float64       // share of the host's CPU other processes used during the load
+	server    serverStats   // the server's counters after the load
+}
+
+// meterBegin collects garbage, then reads the server's counters (a request, which allocates
+// and uses CPU) and then this process's, so that everything the bench does besides the load
+// stays outside the window between meterBegin and end.
+func meterBegin(ctx context.Context, ch *child) (meterStart, error) {
+	runtime.GC()
+	var m meterStart
+	var err error
+	if m.server, err = ch.stats(ctx); err != nil {
+		return meterStart{}, err
+	}
+	if m.host, err = hostBusy(); err != nil {
+		return meterStart{}, err
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	m.mallocs = ms.Mallocs
+	if m.cpu, err = selfCPU(); err != nil {
+		return meterStart{}, err
+	}
+	return m, nil
+}
+
+// end reads the counters after a load of mode that lasted elapsed, in the reverse order of
+// meterBegin, and returns the differences.
+func (m0 meterStart) end(ctx context.Context, ch *child, md mode, elapsed time.Duration) (metered, error) {
+	cpu, err := selfCPU()
+	if err != nil {
+		return metered{}, err
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	host, err := hostBusy()
+	if err != nil {
+		return metered{}, err
+	}
+	st, err := ch.stats(ctx)
+	if err != nil {
+		return metered{}, err
+	}
+	m := metered{
+		mallocs:   ms.Mallocs - m0.mallocs,
+		cpu:       cpu - m0.cpu,
+		serverCPU: st.CPU - m0.server.CPU,
+		newConns:  st.ConnsNew[md.name] - m0.server.ConnsNew[md.name],
+		server:    st,
+	}
+	if elapsed > 0 {
+		other := (host - m0.host) - m.cpu - m.serverCPU
+		m.otherCPU = max(0, float64(other)/float64(elapsed)/float64(runtime.NumCPU()))
+	}
+	return m, nil
 }
 
 // load is the raw outcome of drive.
@@ -183,33 +223,33 @@ type load struct {
 	protos     []string
 }
 
-// drive runs spec.conc callers that share spec.n requests. A caller starts no new request
-// after spec.timeCap; requests still running at timeCap+hardGrace are cancelled. It returns
-// when every caller has returned.
-func drive(ctx context.Context, cli *clientUnderTest, url string, spec cellSpec) load {
+// drive runs conc callers that share n requests to url. A caller starts no new request after
+// timeCap; requests still running at timeCap+hardGrace are cancelled. It returns when every
+// caller has returned.
+func drive(ctx context.Context, cli *clientUnderTest, url string, conc, n int, timeCap time.Duration) load {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	hard := time.AfterFunc(spec.timeCap+hardGrace, cancel)
+	hard := time.AfterFunc(timeCap+hardGrace, cancel)
 	defer hard.Stop()
 
-	lat := make([]time.Duration, spec.n) // preallocated: recording allocates nothing
+	lat := make([]time.Duration, n) // preallocated: recording allocates nothing
 	type callerResult struct {
 		errors   int
 		firstErr error
 		protos   []string
 	}
-	results := make([]callerResult, spec.conc)
+	results := make([]callerResult, conc)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	for c := range spec.conc {
+	for c := range conc {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			res := &results[c]
-			for ctx.Err() == nil && time.Since(start) < spec.timeCap {
+			for ctx.Err() == nil && time.Since(start) < timeCap {
 				i := next.Add(1) - 1
-				if i >= int64(spec.n) {
+				if i >= int64(n) {
 					return
 				}
 				t0 := time.Now()
@@ -233,7 +273,7 @@ func drive(ctx context.Context, cli *clientUnderTest, url string, spec cellSpec)
 	var ld load
 	ld.elapsed = time.Since(start)
 
-	sent := min(int(next.Load()), spec.n)
+	sent := min(int(next.Load()), n)
 	for _, d := range lat[:sent] {
 		if d >= 0 {
 			ld.latencies = append(ld.latencies, d)

@@ -19,7 +19,10 @@ const (
 	chartTop       = 50
 )
 
-var palette = []string{"#d62728", "#1f77b4", "#7f7f7f", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"}
+// palette gives the colours of the variants in allVariants order (the A/A control grey).
+func palette() []string {
+	return []string{"#d62728", "#1f77b4", "#7f7f7f", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"}
+}
 
 // series is one variant's polyline in a panel; a y of 0 or less is a missing point.
 type series struct {
@@ -32,27 +35,27 @@ type series struct {
 
 // chart renders the SVG.
 func (r *report) chart() string {
-	p := r.plan
+	p := r.cells.plan
 	rows := len(r.plan.modes) * len(p.delays)
 	w, h := 2*panelW+20, chartTop+rows*panelH+20
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="11">`+"\n", w, h, w, h)
 	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
 	fmt.Fprintf(&b, `<text x="%d" y="24" font-size="16" font-weight="bold">httpfx client benchmark (%s run, medians of %d round(s)): req/s and p99 latency vs concurrency</text>`+"\n",
-		20, html.EscapeString(p.name), p.rounds)
+		20, html.EscapeString(r.plan.name), p.rounds)
 	row := 0
 	for _, m := range r.plan.modes {
 		for _, d := range p.delays {
 			y0 := chartTop + row*panelH
 			var rps, p99 []series
 			for _, v := range p.variants {
-				s := series{name: v.name, color: colorOf(v.name), width: 1.5, dash: v.extra}
+				s := series{name: v.name, color: colorOf(v.name), width: 1.5, dash: v.extra || v.control}
 				if v.name == "httpfx" {
 					s.width = 3
 				}
 				sp := s
 				for _, c := range p.concs {
-					a := r.cells[cellKey{m.name, d, c, v.name}]
+					a := r.cells.agg[cellKey{m.name, d, c, v.name}]
 					s.ys = append(s.ys, a.RPS)
 					sp.ys = append(sp.ys, ms(a.P99))
 				}
@@ -70,7 +73,7 @@ func (r *report) chart() string {
 
 // panel draws one plot with axes, ticks, labels, polylines and a legend at (x0, y0).
 func (r *report) panel(b *strings.Builder, x0, y0 int, title, yLabel string, ss []series, logY bool) {
-	concs := r.plan.concs
+	concs := r.cells.plan.concs
 	fmt.Fprintf(b, `<g transform="translate(%d,%d)">`+"\n", x0, y0)
 	fmt.Fprintf(b, `<text x="%d" y="18" font-size="12" font-weight="bold">%s</text>`+"\n", plotX-50, html.EscapeString(title))
 	fmt.Fprintf(b, `<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#999"/>`+"\n", plotX, plotY, plotW, plotH)
@@ -156,7 +159,8 @@ func (r *report) panel(b *strings.Builder, x0, y0 int, title, yLabel string, ss 
 // colorOf gives each variant the same colour in every run, filtered or not.
 func colorOf(name string) string {
 	i := slices.IndexFunc(allVariants(), func(v variant) bool { return v.name == name })
-	return palette[max(i, 0)%len(palette)]
+	pal := palette()
+	return pal[max(i, 0)%len(pal)]
 }
 
 // niceStep rounds a raw tick step up to 1, 2 or 5 times a power of ten.

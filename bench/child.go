@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"time"
 )
 
@@ -83,7 +85,7 @@ func startChild(timeout time.Duration) (*child, error) {
 		c.Stop()
 		return nil, errors.New("server sent no usable certificate")
 	}
-	for _, m := range modes {
+	for _, m := range modes() {
 		if c.info.Addrs[m.name] == "" {
 			c.Stop()
 			return nil, fmt.Errorf("server sent no address for mode %s", m.name)
@@ -159,4 +161,33 @@ func (c *child) waitIdle(ctx context.Context, mode string, baseline int64, timeo
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// endpoint returns the origin URL of mode's listener, with a trailing slash, and the URL of a
+// request that the server answers after delay.
+func (c *child) endpoint(m mode, delay time.Duration) (base, url string) {
+	scheme := "http"
+	if m.tls {
+		scheme = "https"
+	}
+	base = scheme + "://" + c.info.Addrs[m.name] + "/"
+	url = base
+	if delay > 0 {
+		url += "sleep/" + delay.String()
+	}
+	return base, url
+}
+
+// port returns the port of mode's listener.
+func (c *child) port(m mode) (int, error) {
+	addr := c.info.Addrs[m.name]
+	_, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, fmt.Errorf("server address %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return 0, fmt.Errorf("server port %q: %w", portStr, err)
+	}
+	return port, nil
 }

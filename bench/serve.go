@@ -116,7 +116,7 @@ func serve(in io.Reader, out io.Writer) error {
 		servers  []*http.Server
 		counters = make(map[string]*modeCounters)
 		info     = serverInfo{Addrs: make(map[string]string), CertPEM: string(certPEM)}
-		serveErr = make(chan error, len(modes)+1)
+		serveErr = make(chan error, len(modes())+1)
 	)
 	defer func() {
 		for _, s := range servers {
@@ -141,7 +141,7 @@ func serve(in io.Reader, out io.Writer) error {
 		}()
 	}
 
-	for _, m := range modes {
+	for _, m := range modes() {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return fmt.Errorf("listen for %s: %w", m.name, err)
