@@ -214,8 +214,10 @@ const (
 	protoH2
 )
 
-// Read notes when data arrives. A close (EOF) that ends the armed request's wait for its
-// response before the server's TCP acknowledged any byte of it proves the request unsent.
+// Read notes when data arrives. A close or reset of an idle HTTP/1.1 connection, which
+// net/http's read loop sees at once, teaches its address the server's idle bound. A close
+// (EOF) that ends the armed request's wait for its response before the server's TCP
+// acknowledged any byte of it proves the request unsent.
 func (c *trackedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	h := c.set.health
@@ -225,6 +227,16 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 	now := h.clock.now()
 	if n > 0 {
 		c.lastRead.Store(now)
+		return n, err
+	}
+	if err != nil && !c.closed.Load() && c.proto.Load() == protoH1 && c.lastRead.Load() >= c.lastWrite.Load() &&
+		(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		// The server closed a connection whose last exchange was its response: idle in the
+		// pool, where net/http's read loop waits on it. How long it had been idle is the
+		// server's idle bound, learned before any request meets the next such close. (A
+		// response delimited by the close that pauses before it teaches a bound too short:
+		// it costs reconnections until observedFor passes, never a request.)
+		c.learn(time.Duration(now - c.lastRead.Load()))
 		return n, err
 	}
 	if errors.Is(err, io.EOF) && !c.closed.Load() && c.proto.Load() == protoH1 {

@@ -160,17 +160,20 @@ func rewind(req *http.Request) (*http.Request, bool) {
 // be, that the server has not closed it (trackedConn.Write).
 func (h *health) gotConn(info httptrace.GotConnInfo) {
 	c := trackedOf(info.Conn)
-	if c == nil || !info.Reused {
+	if c == nil {
 		return
-	}
-	now := h.clock.now()
-	if c.dns != nil {
-		c.set.dns.due(c.host, c.dns, now)
 	}
 	proto := c.proto.Load()
 	if proto == protoUnknown {
 		proto = h.protoOf(info.Conn)
 		c.proto.Store(proto)
+	}
+	if !info.Reused {
+		return
+	}
+	now := h.clock.now()
+	if c.dns != nil {
+		c.set.dns.due(c.host, c.dns, now)
 	}
 	if proto != protoH1 {
 		return

@@ -116,6 +116,14 @@ func comparedVariants() []variant {
 			parts: partStart,
 			build: buildHTTPFXUpstream(func(t target) httpfx.UpstreamConfig { return httpfx.UpstreamConfig{BaseURL: t.base} }),
 		},
+		{
+			name:  "httpfx-prewarm",
+			desc:  "httpfx-upstream with UpstreamConfig.Prewarm = callers: connections opened at start",
+			parts: partStart,
+			build: buildHTTPFXUpstream(func(t target) httpfx.UpstreamConfig {
+				return httpfx.UpstreamConfig{BaseURL: t.base, Prewarm: t.conc}
+			}),
+		},
 	}
 }
 
