@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -342,4 +343,35 @@ func TestHealthLeavesStreamsOnReusedConnectionsAlone(t *testing.T) {
 	stream.Close()
 	app.RequireStop()
 	u.requireNoConns(t)
+}
+
+// A server's close of an idle connection teaches its idle bound at once, without any request
+// meeting the close: net/http's read loop waits on every idle connection.
+func TestIdleBoundLearnedFromIdleClose(t *testing.T) {
+	srv := httptest.NewUnstartedServer(okHandler())
+	srv.Config.IdleTimeout = 150 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	var (
+		client *http.Client
+		stats  *httpfx.Stats
+	)
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Populate(&client, &stats))
+	app.RequireStart()
+	defer app.RequireStop()
+	if _, err := get(client, srv.URL); err != nil {
+		t.Fatal(err)
+	}
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	waitFor(t, "the idle bound is learned", func() bool {
+		_, ok := stats.Snapshot().IdleBounds[addr]
+		return ok
+	})
+	s := stats.Snapshot()
+	if b := s.IdleBounds[addr]; b < 140*time.Millisecond || b > time.Second {
+		t.Errorf("learned idle bound %v, want about the server's 150ms", b)
+	}
+	if s.Replayed != 0 || s.ConnsRetired[httpfx.RetiredServerClosed] != 0 {
+		t.Errorf("no request met the close, yet replayed %d, retired %v", s.Replayed, s.ConnsRetired)
+	}
 }
