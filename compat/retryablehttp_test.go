@@ -26,11 +26,20 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // gives up (retries exhausted, context ended during backoff). Handed the shared client, that
 // must not throw away the connections every other component of the process uses.
 func TestRetryableHTTPDoesNotFlushTheSharedPool(t *testing.T) {
-	var accepted atomic.Int64
+	// Another component keeps conns connections busy and pooled: its requests to /hold wait
+	// for each other in rounds of conns, so each round needs exactly conns connections.
+	const conns = 4
+	var (
+		accepted atomic.Int64
+		hold     = newBarrier(conns)
+	)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/fail" {
+		switch r.URL.Path {
+		case "/fail":
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
+		case "/hold":
+			hold.wait()
 		}
 		io.WriteString(w, "ok")
 	}))
@@ -50,21 +59,22 @@ func TestRetryableHTTPDoesNotFlushTheSharedPool(t *testing.T) {
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Supply(zap.New(core)), fx.Populate(&client, &stats))
 	app.RequireStart()
 
-	// Another component keeps 4 connections busy and pooled.
-	const conns = 4
 	warm := func() {
 		var wg sync.WaitGroup
 		for range conns {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				get(t, client, srv.URL+"/ok")
+				get(t, client, srv.URL+"/hold")
 			}()
 		}
 		wg.Wait()
 	}
 	warm()
 	opened := stats.Snapshot().ConnsOpened
+	if opened != conns {
+		t.Fatalf("connections opened by the first round: %d, want %d", opened, conns)
+	}
 
 	rc := retryablehttp.NewClient()
 	rc.HTTPClient = client
@@ -128,5 +138,33 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting until %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// barrier releases its waiters in groups of n; a waiter left alone gives up after 5 s, so a
+// broken test fails instead of hanging.
+type barrier struct {
+	mu sync.Mutex
+	n  int
+	in int
+	ch chan struct{}
+}
+
+func newBarrier(n int) *barrier { return &barrier{n: n, ch: make(chan struct{})} }
+
+func (b *barrier) wait() {
+	b.mu.Lock()
+	b.in++
+	if b.in == b.n {
+		close(b.ch)
+		b.in, b.ch = 0, make(chan struct{})
+		b.mu.Unlock()
+		return
+	}
+	ch := b.ch
+	b.mu.Unlock()
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
 	}
 }
