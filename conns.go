@@ -52,6 +52,10 @@ func (s *connSet) wrap(dial dialFunc) dialFunc {
 		if p != nil {
 			p.began()
 		}
+		if cl := callOf(ctx); cl != nil { // a dial for a request: its header clock waits
+			cl.dialStarted()
+			defer cl.dialEnded()
+		}
 		c, err := dial(ctx, network, addr)
 		if p != nil && err != nil {
 			p.report(err)

@@ -404,9 +404,10 @@ func TestSlowUpstream(t *testing.T) {
 			config: func(c *httpfx.Config) { c.Timeout, c.ResponseHeaderTimeout = 0, 200*time.Millisecond },
 			want: func(err error) bool {
 				var ne net.Error
-				return errors.As(err, &ne) && ne.Timeout() && strings.Contains(err.Error(), "timeout awaiting response headers")
+				return errors.As(err, &ne) && ne.Timeout() && errors.Is(err, context.DeadlineExceeded) &&
+					strings.Contains(err.Error(), "Config.ResponseHeaderTimeout (200ms) waiting for the response headers")
 			},
-			wantText: "a net.Error timeout saying it awaited response headers",
+			wantText: "a net.Error timeout naming ResponseHeaderTimeout",
 		},
 		{
 			name:     "body stalls past the request's deadline",

@@ -63,6 +63,9 @@ type clock struct{ epoch time.Time }
 
 func (c *clock) now() int64 { return int64(time.Since(c.epoch)) }
 
+// at returns the time of ns on the clock.
+func (c *clock) at(ns int64) time.Time { return c.epoch.Add(time.Duration(ns)) }
+
 // health keeps the owned transport's connections healthy between start and stop: it learns
 // each address's idle bound, and retires a connection that a request takes from the idle pool
 // when it is past that bound, past its lifetime, connected to an address DNS dropped, or
@@ -77,6 +80,7 @@ type health struct {
 	lifetime time.Duration // Config.MaxConnLifetime
 	deadAt   time.Duration // a write unanswered this long before net/http closes: dead
 	trace    httptrace.ClientTrace
+	bg       context.Context // context.Background() with trace: most requests' context, made once
 
 	mu    sync.Mutex
 	peers map[string]*peer // by dialled address
@@ -100,6 +104,7 @@ func newHealth(cfg Config, stats *Stats, clk *clock) *health {
 		h.deadAt = p * 9 / 10
 	}
 	h.trace.GotConn = h.gotConn
+	h.bg = httptrace.WithClientTrace(context.Background(), &h.trace)
 	return h
 }
 
@@ -107,6 +112,9 @@ func newHealth(cfg Config, stats *Stats, clk *clock) *health {
 // shared by every request; a context that has a trace of its own gets a copy, because
 // httptrace composes the two into the new one.
 func (h *health) traced(ctx context.Context) context.Context {
+	if ctx == context.Background() {
+		return h.bg
+	}
 	if httptrace.ContextClientTrace(ctx) != nil {
 		t := h.trace
 		return httptrace.WithClientTrace(ctx, &t)

@@ -89,8 +89,8 @@ func (o *owner) drain(ctx context.Context) error {
 	// A request in flight whose context ends is finished then, so that the drain does not
 	// wait for bodies their callers abandoned.
 	o.stopping.Store(true)
-	for _, b := range o.bodies.all() {
-		b.watch()
+	for _, c := range o.calls.visit(nil, nil) {
+		c.finishWatch()
 	}
 	// 2. Drain, bounded by ctx and DrainTimeout.
 	if d := o.cfg.DrainTimeout; d > 0 {
@@ -119,12 +119,13 @@ func (o *owner) drain(ctx context.Context) error {
 	// them, and net/http holds a connection and two goroutines for each), then connections
 	// (of requests still waiting for headers, or dialled late).
 	if err != nil {
-		for _, b := range o.bodies.close() {
-			b.cut()
+		for _, c := range o.calls.close() {
+			c.cut()
 		}
 	}
 	closed := o.conns.closeAll()
-	o.dns.close() // after the dials: none can start a refresh now
+	o.sweep.stop() // nothing is in flight now, or was cut
+	o.dns.close()  // after the dials: none can start a refresh now
 	// 5. One summary line.
 	s := o.stats.Snapshot()
 	o.log.Info("httpfx client stopped",

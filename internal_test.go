@@ -85,23 +85,24 @@ func TestSampledReapFinishesAbandonedBodies(t *testing.T) {
 	if !ok {
 		t.Fatal("not admitted")
 	}
-	b := &body{rc: io.NopCloser(strings.NewReader("")), o: o, ctx: ctx}
-	if !o.bodies.add(b, seq) {
-		t.Fatal("body refused")
+	b := &call{rc: io.NopCloser(strings.NewReader("")), o: o, watch: ctx}
+	b.phase.Store(phaseBody)
+	if !o.calls.add(b, seq) {
+		t.Fatal("call refused")
 	}
-	o.bodies.reap(seq + 1) // another shard: untouched
-	o.bodies.reap(seq)
+	o.calls.reap(seq + 1) // another shard: untouched
+	o.calls.reap(seq)
 	if n := o.stats.gate.Load(); n != 1 {
 		t.Fatalf("in flight = %d before the context ends, want 1", n)
 	}
 	cancel()
-	o.bodies.reap(seq + 1)
+	o.calls.reap(seq + 1)
 	if n := o.stats.gate.Load(); n != 1 {
 		t.Fatalf("reaping another shard finished the body: in flight = %d", n)
 	}
-	o.bodies.reap(seq)
-	if n, f := o.stats.gate.Load(), o.stats.failed.Load(); n != 0 || f != 1 || len(o.bodies.all()) != 0 {
-		t.Errorf("after the reap: in flight %d, failed %d, %d bodies listed; want 0, 1, 0", n, f, len(o.bodies.all()))
+	o.calls.reap(seq)
+	if n, f := o.stats.gate.Load(), o.stats.failed.Load(); n != 0 || f != 1 || len(o.calls.visit(nil, nil)) != 0 {
+		t.Errorf("after the reap: in flight %d, failed %d, %d bodies listed; want 0, 1, 0", n, f, len(o.calls.visit(nil, nil)))
 	}
 }
 

@@ -19,7 +19,10 @@ type owner struct {
 	stats      *Stats
 	conns      connSet
 	transport  *http.Transport // the transport httpfx built: the only one it closes
-	timeoutErr error           // the cause of a request's context when Config.Timeout expires
+	clock      *clock
+	timeoutErr error // the error of a request past Config.Timeout
+
+	headerTimeoutErr error // the error of a request past Config.ResponseHeaderTimeout
 
 	// Set while the graph is built, before start; read-only afterwards.
 	client    *http.Client    // the client httpfx built, nil until built
@@ -32,7 +35,8 @@ type owner struct {
 	hint     *certHint   // explains mutual-TLS failures; nil if a client certificate is configured
 	health   *health     // retires connections before they can lose a request; nil if the transport is not the owned one
 	dns      *dnsCache   // the owned transport's resolver and dialer
-	bodies   bodyList    // response bodies in flight
+	calls    callList    // requests in flight
+	sweep    sweeper     // enforces their deadlines
 	stopping atomic.Bool // stop has begun: new bodies watch their context
 	gate     *h2gate     // nil if HTTP/2 is off
 	obs      *observers  // nil unless observed; set before use
@@ -57,16 +61,20 @@ func newOwner(cfg Config, log *zap.Logger, res Resolver) (*owner, error) {
 		log:        log.Named("httpfx"),
 		stats:      new(Stats),
 		dns:        newDNSCache(cfg, res, clk),
+		clock:      clk,
 		timeoutErr: &timeoutError{what: "Config.Timeout", d: cfg.Timeout},
-		drained:    make(chan struct{}),
+		headerTimeoutErr: &timeoutError{what: "Config.ResponseHeaderTimeout", d: cfg.ResponseHeaderTimeout,
+			waiting: "for the response headers"},
+		drained: make(chan struct{}),
 	}
 	o.health = newHealth(cfg, o.stats, clk)
 	o.transport = newTransport(cfg, r, o.dns.dial)
 	o.conns.stats = o.stats
 	o.dns.onGone = o.conns.markGone
 	o.stats.bounds = o.health.idleBounds
-	o.bodies.init()
-	o.stats.reap = func() { o.bodies.reap(-1) }
+	o.calls.init()
+	o.sweep.init(o)
+	o.stats.reap = func() { o.calls.reap(-1) }
 	if !cfg.DisableHTTP2 {
 		o.gate = new(h2gate)
 		o.conns.onLast = o.gate.forget
@@ -85,12 +93,8 @@ func (o *owner) admit() (int64, bool) {
 	return o.stats.requests.Add(1), true
 }
 
-// finish ends an admitted request: it stops the request's timeout, if any, and counts the
-// request out of flight, and out of its upstream's if up is set.
-func (o *owner) finish(cancel context.CancelFunc, up *upstream, failed bool) {
-	if cancel != nil {
-		cancel()
-	}
+// finish counts an admitted request out of flight, and out of its upstream's if up is set.
+func (o *owner) finish(up *upstream, failed bool) {
 	if up != nil {
 		up.done(failed, true)
 	}
@@ -118,15 +122,19 @@ func (o *owner) ignoreCloseIdle() {
 
 func (o *owner) signalDrained() { o.drainOnce.Do(func() { close(o.drained) }) }
 
-// timeoutError is the cause of a request's context when a timeout of httpfx expires. Like
-// http.Client's own timeout error, it is a net.Error whose Timeout reports true, and it wraps
+// timeoutError is the error of a request past a timeout of httpfx. Like http.Client's own
+// timeout error, it is a net.Error whose Timeout reports true, and it wraps
 // context.DeadlineExceeded.
 type timeoutError struct {
-	what string // the setting that expired
-	d    time.Duration
+	what    string // the setting that expired
+	d       time.Duration
+	waiting string // what the request was waiting for, if the setting bounds one wait
 }
 
 func (e *timeoutError) Error() string {
+	if e.waiting != "" {
+		return fmt.Sprintf("httpfx: request exceeded %s (%v) waiting %s", e.what, e.d, e.waiting)
+	}
 	return fmt.Sprintf("httpfx: request exceeded %s (%v)", e.what, e.d)
 }
 func (e *timeoutError) Timeout() bool   { return true }

@@ -125,7 +125,8 @@ func newTransport(cfg Config, r resolved, dial dialFunc) *http.Transport {
 	t.Proxy = r.proxy
 	t.TLSClientConfig = r.tls
 	t.TLSHandshakeTimeout = cfg.TLSHandshakeTimeout
-	t.ResponseHeaderTimeout = cfg.ResponseHeaderTimeout
+	// ResponseHeaderTimeout is the tracker's to enforce (sweeper.go): net/http's would arm a
+	// timer per request.
 	t.ExpectContinueTimeout = cfg.ExpectContinueTimeout
 	t.IdleConnTimeout = cfg.IdleConnTimeout
 	t.MaxIdleConns = cfg.MaxIdleConns
@@ -172,6 +173,9 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 	o.inUse = t
 	o.nextType = fmt.Sprintf("%T", rt)
 	o.tracker = &tracker{next: rt, o: o}
+	if tr, ok := rt.(*http.Transport); ok && (tr.Protocols == nil || !tr.Protocols.UnencryptedHTTP2()) {
+		o.tracker.direct = tr // plain HTTP is HTTP/1.1: the fast mode (call.go)
+	}
 	o.client = &http.Client{Transport: o.tracker, CheckRedirect: redirectPolicy(nil)}
 	return o.client
 }

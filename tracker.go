@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"time"
 )
 
@@ -17,12 +18,15 @@ var ErrClosed = errors.New("httpfx: client closed")
 const closedBit = 1 << 62
 
 // tracker is the RoundTripper of the owned client. It gates admission, counts each request as
-// in flight until its response body is finished, and enforces Config.Timeout through the
-// request's context, so that net/http needs no goroutine and timer of its own per request.
-// It is safe for concurrent use.
+// in flight until its response body is finished, and enforces Config.Timeout and
+// ResponseHeaderTimeout through the sweeper, so that neither net/http nor the request's
+// context needs a timer of its own per request. It is safe for concurrent use.
 type tracker struct {
 	next http.RoundTripper
 	o    *owner
+	// direct is next if it is an *http.Transport that speaks only HTTP/1.1 over plain TCP:
+	// plain-HTTP requests then take the fast mode (call.go). Nil otherwise.
+	direct *http.Transport
 }
 
 var _ http.RoundTripper = (*tracker)(nil)
@@ -42,39 +46,27 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		return nil, ErrClosed
 	}
 	ob, req := o.obs.begin(req, up) // nil unless observed
-	d, cause := o.cfg.Timeout, o.timeoutErr
-	if up != nil {
-		d, cause = up.timeout, up.timeoutErr
-	}
-	cancel := context.CancelFunc(nil)
-	ctx, changed := req.Context(), false
-	if d > 0 {
-		if deadline, ok := ctx.Deadline(); !ok || time.Until(deadline) > d {
-			ctx, cancel = context.WithTimeoutCause(ctx, d, cause)
-			changed = true
-		}
-	}
-	if h := o.health; h != nil && rewindable(req) {
-		ctx, changed = h.traced(ctx), true // check the connection it takes (health.go)
-	}
-	if changed {
-		req = req.WithContext(ctx)
-	}
-	if ua := o.cfg.UserAgent; ua != "" {
-		if _, set := req.Header["User-Agent"]; !set { // as net/http, an explicit "" sends none
-			req = withHeader(req, "User-Agent", ua)
-		}
+	c := &call{o: o, up: up, obs: ob}
+	c.body.c = c
+	req = t.prepare(c, req)
+	if !o.calls.add(c, seq) { // stop has cut already
+		closeBody(req)
+		c.end(errCut)
+		return nil, errCut
 	}
 	if up != nil {
 		up.stats.requests.Add(1)
 		up.stats.inFlight.Add(1) // in flight from admission, as in the totals: waiting included
-		if err := up.acquire(req.Context()); err != nil {
+		if err := up.acquire(c); err != nil {
 			up.done(true, false)
+			c.up = nil // counted out of the upstream already
 			closeBody(req)
-			ob.done(nil, err)
-			o.finish(cancel, nil, true)
+			c.end(err)
 			return nil, err
 		}
+	}
+	if c.endBy != 0 || c.hdrBy.Load() != 0 {
+		o.sweep.kick()
 	}
 	if o.hint != nil {
 		req = o.hint.mark(req)
@@ -84,30 +76,47 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		var err error
 		if req, lead, err = o.gate.enter(req); err != nil {
 			closeBody(req)
-			ob.done(nil, err)
-			o.finish(cancel, up, true)
+			c.end(err)
 			return nil, err
 		}
 	}
+	c.req.Store(req)
 	resp, err := t.next.RoundTrip(req)
-	for i := 0; i < maxReplays && err != nil && o.health != nil && neverSent(err); i++ {
+	for i := 0; i < maxReplays && err != nil && o.health != nil && neverSent(err) && c.phase.Load() == phaseHeaders; i++ {
 		again, ok := rewind(req) // replay what provably never reached the server
 		if !ok {
 			break
 		}
 		o.stats.replayed.Add(1)
 		req = again
+		c.req.Store(req)
 		resp, err = t.next.RoundTrip(req)
 	}
 	if lead != nil {
 		o.gate.leave(req.URL.Host, lead, err == nil)
 	}
+	next := phaseBody
+	switch {
+	case err != nil:
+	case noBody(req, resp):
+		next = phaseStream // finished below; no deadline applies meanwhile
+	case resp.StatusCode == http.StatusSwitchingProtocols:
+		next = phaseStream // after a 101, the stream lives until it is closed
+		c.rc = resp.Body
+	default:
+		c.rc = resp.Body // before the phase moves: the sweeper may close it from then on
+	}
+	if !c.endsWith(next) { // a deadline passed, or stop cut it, during the round trip
+		if err == nil {
+			resp.Body.Close()
+		}
+		err = c.failure()
+	}
 	if err != nil { // next has closed the request body
 		if o.hint != nil {
 			err = o.hint.explain(req, err)
 		}
-		ob.done(nil, err)
-		o.finish(cancel, up, true)
+		c.end(err)
 		return nil, err
 	}
 	if o.hint != nil {
@@ -116,38 +125,89 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	if ka := resp.Header["Keep-Alive"]; len(ka) > 0 && o.health != nil {
 		o.health.keepAlive(req.URL, ka[0])
 	}
+	if ob != nil {
+		ob.respond(resp)
+	}
 	if noBody(req, resp) {
-		ob.done(resp, nil)
-		o.finish(cancel, up, false)
+		c.end(nil)
 		return resp, nil
 	}
-	// A request whose context ends (the caller cancelled, or a deadline passed) is finished
-	// even if the caller never reads or closes the body. After a 101, net/http no longer
-	// watches the context: the stream lives until it is closed.
-	ctx = nil
-	if resp.StatusCode != http.StatusSwitchingProtocols && req.Context().Done() != nil {
-		ctx = req.Context()
-	}
-	var b *body
 	if w, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
-		rw := &rwBody{body: body{rc: w, o: o, up: up, cancel: cancel}, w: w}
-		b, resp.Body = &rw.body, rw
-	} else {
-		b = &body{rc: resp.Body, o: o, up: up, cancel: cancel, ctx: ctx}
-		resp.Body = b
-	}
-	b.obs = ob.respond(resp)
-	if !o.bodies.add(b, seq) {
-		b.cut() // stop has cut the bodies in flight already
+		resp.Body = &rwBody{body: c.body, w: w}
 		return resp, nil
 	}
-	if ctx != nil && o.stopping.Load() {
-		b.watch() // stop is draining: it must see this request end when its context does
+	resp.Body = &c.body
+	if o.stopping.Load() {
+		c.finishWatch() // stop is draining: it must see this request end when its context does
 	}
 	if seq%reapEvery == 0 {
-		o.bodies.reap(seq / reapEvery) // finish abandoned requests whose context ended
+		o.calls.reap(seq / reapEvery) // finish abandoned requests whose context ended
 	}
 	return resp, nil
+}
+
+// prepare sets up c for req and returns the request to send: a copy of req whose context is
+// c, with the deadlines that apply and the User-Agent.
+func (t *tracker) prepare(c *call, req *http.Request) *http.Request {
+	o := c.o
+	parent := req.Context()
+	now := o.clock.now()
+	d := o.cfg.Timeout
+	if c.up != nil {
+		d = c.up.timeout
+	}
+	if d > 0 {
+		if deadline, ok := parent.Deadline(); !ok || time.Until(deadline) > d {
+			c.endBy = now + int64(d) // else the caller's deadline comes first
+		}
+	}
+	withBody := req.Body != nil && req.Body != http.NoBody
+	rht := o.cfg.ResponseHeaderTimeout
+	switch {
+	case rht <= 0:
+	case withBody:
+		c.hdrBy.Store(hdrAfterWrite)
+	default:
+		c.hdrBy.Store(now + int64(rht))
+	}
+	if parent.Done() != nil {
+		c.watch = parent // its end finishes the request, even if the body is never closed
+	}
+	// The context: the caller's, with health's trace if the request can be retried, and with
+	// the header clock's hook if the request has a body.
+	c.inner = parent
+	h := o.health
+	if h != nil && !rewindable(req) {
+		h = nil
+	}
+	switch {
+	case withBody && rht > 0:
+		if h != nil {
+			c.trace.GotConn = h.trace.GotConn
+		}
+		c.trace.WroteRequest = c.wroteRequest
+		c.inner = httptrace.WithClientTrace(parent, &c.trace)
+	case h != nil:
+		c.inner = h.traced(parent)
+	}
+	if c.endBy != 0 || rht > 0 {
+		if t.direct != nil && req.URL.Scheme == "http" && (c.up == nil || c.up.slots == nil) {
+			c.direct = t.direct // fast mode: the transport cancels it
+		} else {
+			c.inner, c.cancel = context.WithCancelCause(c.inner)
+		}
+	}
+	r := req.WithContext(c)
+	if ua := o.cfg.UserAgent; ua != "" {
+		if _, set := req.Header["User-Agent"]; !set { // as net/http, an explicit "" sends none
+			r.Header = req.Header.Clone()
+			if r.Header == nil {
+				r.Header = make(http.Header, 1)
+			}
+			r.Header.Set("User-Agent", ua)
+		}
+	}
+	return r
 }
 
 // noBody reports whether resp has no body to wait for: net/http's NoBody, a response to HEAD,
@@ -164,17 +224,6 @@ func closeBody(req *http.Request) {
 	if req.Body != nil {
 		req.Body.Close()
 	}
-}
-
-// withHeader returns a shallow copy of req with header k set to v, leaving req as it is.
-func withHeader(req *http.Request, k, v string) *http.Request {
-	r := *req
-	r.Header = req.Header.Clone()
-	if r.Header == nil {
-		r.Header = make(http.Header, 1)
-	}
-	r.Header.Set(k, v)
-	return &r
 }
 
 // CloseIdleConnections does not close anything: the pool is shared by every component of

@@ -211,6 +211,7 @@ func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, err
 	base, _ := parseBaseURL(cfg.BaseURL)
 	u := &upstream{name: name, base: base, timeout: cfg.Timeout, t: o.tracker}
 	u.timeoutErr = &timeoutError{what: fmt.Sprintf("upstream %q Timeout", name), d: cfg.Timeout}
+	o.sweep.bound(cfg.Timeout)
 	if u.timeout == 0 {
 		u.timeout, u.timeoutErr = o.cfg.Timeout, o.timeoutErr
 	}
