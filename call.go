@@ -40,7 +40,7 @@ type call struct {
 	hdrBy    atomic.Int64 // when the wait for the response headers expires; zero: never; hdrAfterWrite: not counting yet
 	dialing  atomic.Int32 // dials started for it and not finished: its header clock waits
 
-	trace httptrace.ClientTrace // a request with a body: its write starts the header clock
+	trace *httptrace.ClientTrace // a request with a body: its write starts the header clock; else nil
 	rc    io.ReadCloser         // the response body, once there is one
 	watch context.Context       // the caller's context, if its end finishes the request; set before phaseBody
 	obs   *obsReq               // the request's observation; nil unless observed

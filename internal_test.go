@@ -247,3 +247,86 @@ func TestUnsentProof(t *testing.T) {
 		})
 	}
 }
+
+// A deadline can pass before net/http has registered the request, when cancelling it does
+// nothing: the sweeper cancels again on every sweep until the round trip returns.
+func TestSweepRepeatsCancellationUntilTheRoundTripReturns(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	defer srv.Close()
+	defer srv.CloseClientConnections() // first: the handler may still wait if the test failed
+	o, err := newOwner(DefaultConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+	c := &call{o: o, direct: tr, inner: context.Background()}
+	c.req.Store(req)
+	c.phase.Store(phaseTimeoutInHeader) // failed before the round trip began
+	seq, _ := o.admit()
+	o.calls.add(c, seq)
+	o.sweep.sweep() // nothing to cancel yet
+
+	errc := make(chan error, 1)
+	go func() {
+		_, err := tr.RoundTrip(req)
+		errc <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		o.sweep.sweep()
+		select {
+		case err := <-errc:
+			if err == nil {
+				t.Fatal("the round trip succeeded; want it cancelled")
+			}
+			c.returned.Store(true)
+			c.end(err)
+			if n := len(o.calls.visit(nil, nil)); n != 0 {
+				t.Errorf("%d calls still listed", n)
+			}
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the round trip still runs: the sweeper did not cancel it")
+		}
+	}
+}
+
+// The sweeper runs while requests are in flight and parks when none is, so that an idle
+// process does not wake up every period; stop ends it.
+func TestSweeperParksWhenIdle(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer srv.Close()
+	res, err := New(Params{Config: DefaultConfig()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := ownerOf(res.Client)
+	if s := o.sweep.state.Load(); s != sweepIdle {
+		t.Fatalf("sweeper state %d before any request, want idle", s)
+	}
+	for range 2 {
+		resp, err := res.Client.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		deadline := time.Now().Add(10 * time.Second)
+		for o.sweep.state.Load() != sweepParked {
+			if time.Now().After(deadline) {
+				t.Fatalf("sweeper state %d with nothing in flight, want parked", o.sweep.state.Load())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if err := Shutdown(context.Background(), res.Client); err != nil {
+		t.Fatal(err)
+	}
+	if s := o.sweep.state.Load(); s != sweepStopped {
+		t.Errorf("sweeper state %d after stop, want stopped", s)
+	}
+}

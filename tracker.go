@@ -182,11 +182,11 @@ func (t *tracker) prepare(c *call, req *http.Request) *http.Request {
 	}
 	switch {
 	case withBody && rht > 0:
+		c.trace = &httptrace.ClientTrace{WroteRequest: c.wroteRequest}
 		if h != nil {
 			c.trace.GotConn = h.trace.GotConn
 		}
-		c.trace.WroteRequest = c.wroteRequest
-		c.inner = httptrace.WithClientTrace(parent, &c.trace)
+		c.inner = httptrace.WithClientTrace(parent, c.trace)
 	case h != nil:
 		c.inner = h.traced(parent)
 	}
