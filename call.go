@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
+	"reflect"
 	"sync/atomic"
 	"time"
 )
@@ -41,9 +42,10 @@ type call struct {
 	dialing  atomic.Int32 // dials started for it and not finished: its header clock waits
 
 	trace *httptrace.ClientTrace // a request with a body: its write starts the header clock; else nil
-	rc    io.ReadCloser         // the response body, once there is one
-	watch context.Context       // the caller's context, if its end finishes the request; set before phaseBody
-	obs   *obsReq               // the request's observation; nil unless observed
+	tr    *httptrace.ClientTrace // the trace the call answers httptrace's key with; nil: inner answers
+	rc    io.ReadCloser          // the response body, once there is one
+	watch context.Context        // the caller's context, if its end finishes the request; set before phaseBody
+	obs   *obsReq                // the request's observation; nil unless observed
 	done  atomic.Bool
 	body  body // the wrapper of rc that the caller reads
 }
@@ -103,7 +105,56 @@ func (c *call) Value(key any) any {
 	if key == (callKey{}) {
 		return c
 	}
+	if c.tr != nil && key == c.o.traceKey {
+		return c.tr
+	}
 	return c.inner.Value(key)
+}
+
+// withTrace makes ctx's requests carry trace: c answers httptrace's key itself, if it could
+// be found (probeTraceKey) and ctx has no trace that httptrace would have to compose with
+// trace; else ctx gets a context of httptrace's own, one allocation more. trace must not be
+// shared in the second case, where httptrace adds ctx's hooks to it.
+func (c *call) withTrace(ctx context.Context, trace *httptrace.ClientTrace) context.Context {
+	if c.o.traceKey != nil && httptrace.ContextClientTrace(ctx) == nil {
+		c.tr = trace
+		return ctx
+	}
+	return httptrace.WithClientTrace(ctx, trace)
+}
+
+// probeTraceKey returns the context key under which httptrace finds a request's trace, so
+// that a call can answer it without a context of httptrace's own per request, or nil if the
+// key cannot be found or answered that way. It asks httptrace once, and checks the answer.
+func probeTraceKey() any {
+	p := &keyProbe{Context: context.Background()}
+	httptrace.ContextClientTrace(p)
+	if p.key == nil || !reflect.TypeOf(p.key).Comparable() {
+		return nil
+	}
+	want := new(httptrace.ClientTrace)
+	if httptrace.ContextClientTrace(&keyProbe{Context: context.Background(), key: p.key, answer: want}) != want {
+		return nil
+	}
+	return p.key
+}
+
+// keyProbe records the first key it is asked for, and answers key with answer.
+type keyProbe struct {
+	context.Context
+	key    any
+	answer *httptrace.ClientTrace
+}
+
+func (p *keyProbe) Value(k any) any {
+	if p.key == nil {
+		p.key = k
+		return nil
+	}
+	if p.answer != nil && k == p.key {
+		return p.answer
+	}
+	return p.Context.Value(k)
 }
 
 // callOf returns the call ctx belongs to, or nil.

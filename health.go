@@ -80,7 +80,6 @@ type health struct {
 	lifetime time.Duration // Config.MaxConnLifetime
 	deadAt   time.Duration // a write unanswered this long before net/http closes: dead
 	trace    httptrace.ClientTrace
-	bg       context.Context // context.Background() with trace: most requests' context, made once
 
 	mu    sync.Mutex
 	peers map[string]*peer // by dialled address
@@ -104,7 +103,6 @@ func newHealth(cfg Config, stats *Stats, clk *clock) *health {
 		h.deadAt = p * 9 / 10
 	}
 	h.trace.GotConn = h.gotConn
-	h.bg = httptrace.WithClientTrace(context.Background(), &h.trace)
 	return h
 }
 
@@ -112,9 +110,6 @@ func newHealth(cfg Config, stats *Stats, clk *clock) *health {
 // shared by every request; a context that has a trace of its own gets a copy, because
 // httptrace composes the two into the new one.
 func (h *health) traced(ctx context.Context) context.Context {
-	if ctx == context.Background() {
-		return h.bg
-	}
 	if httptrace.ContextClientTrace(ctx) != nil {
 		t := h.trace
 		return httptrace.WithClientTrace(ctx, &t)

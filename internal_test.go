@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"net/url"
 	"runtime"
 	"strings"
@@ -328,5 +329,27 @@ func TestSweeperParksWhenIdle(t *testing.T) {
 	}
 	if s := o.sweep.state.Load(); s != sweepStopped {
 		t.Errorf("sweeper state %d after stop, want stopped", s)
+	}
+}
+
+// httptrace's context key is found, so that a call answers it without a context of
+// httptrace's own per request; a call so made carries the trace as httptrace sees it.
+func TestTraceKeyIsAnswered(t *testing.T) {
+	o, err := newOwner(DefaultConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.traceKey == nil {
+		t.Fatal("httptrace's context key was not found: every request pays one allocation more")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := &call{o: o, inner: ctx}
+	c.inner = c.withTrace(ctx, &o.health.trace)
+	if got := httptrace.ContextClientTrace(c); got != &o.health.trace {
+		t.Errorf("the call's trace is %p, want health's %p", got, &o.health.trace)
+	}
+	if c.inner != ctx {
+		t.Error("the call made a context for its trace; want it answered by the call")
 	}
 }

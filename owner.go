@@ -20,6 +20,7 @@ type owner struct {
 	conns      connSet
 	transport  *http.Transport // the transport httpfx built: the only one it closes
 	clock      *clock
+	traceKey   any   // httptrace's context key, which calls answer (call.go); nil if unknown
 	timeoutErr error // the error of a request past Config.Timeout
 
 	headerTimeoutErr error // the error of a request past Config.ResponseHeaderTimeout
@@ -62,6 +63,7 @@ func newOwner(cfg Config, log *zap.Logger, res Resolver) (*owner, error) {
 		stats:      new(Stats),
 		dns:        newDNSCache(cfg, res, clk),
 		clock:      clk,
+		traceKey:   probeTraceKey(),
 		timeoutErr: &timeoutError{what: "Config.Timeout", d: cfg.Timeout},
 		headerTimeoutErr: &timeoutError{what: "Config.ResponseHeaderTimeout", d: cfg.ResponseHeaderTimeout,
 			waiting: "for the response headers"},

@@ -186,9 +186,13 @@ func (t *tracker) prepare(c *call, req *http.Request) *http.Request {
 		if h != nil {
 			c.trace.GotConn = h.trace.GotConn
 		}
-		c.inner = httptrace.WithClientTrace(parent, c.trace)
+		c.inner = c.withTrace(parent, c.trace)
 	case h != nil:
-		c.inner = h.traced(parent)
+		if o.traceKey != nil && httptrace.ContextClientTrace(parent) == nil {
+			c.tr = &h.trace // shared: nothing composes with it
+		} else {
+			c.inner = h.traced(parent)
+		}
 	}
 	if c.endBy != 0 || rht > 0 {
 		if t.direct != nil && req.URL.Scheme == "http" && (c.up == nil || c.up.slots == nil) {
