@@ -25,7 +25,9 @@ type Config struct {
 	// redirect chain on its own (bound a chain with a deadline on the request's context), and
 	// not for a 101 Switching Protocols stream after the upgrade. A Timeout of zero means no
 	// timeout. Default 30s: generous for RPC-style calls, still a bound; streaming or large
-	// downloads should raise it (a request's own context can only shorten it).
+	// downloads should raise it (a request's own context can only shorten it). httpfx's
+	// clients enforce it without a timer per request: a request fails within a sixty-fourth of
+	// the shortest timeout (at most 50ms) after its deadline.
 	Timeout time.Duration `yaml:"timeout" json:"timeout"`
 
 	// DialTimeout bounds establishing one TCP connection. A DialTimeout of zero means no
@@ -42,9 +44,13 @@ type Config struct {
 	// http.DefaultTransport.
 	TLSHandshakeTimeout time.Duration `yaml:"tls_handshake_timeout" json:"tls_handshake_timeout"`
 
-	// ResponseHeaderTimeout bounds the wait for the response headers after the request is
-	// written. Zero means no timeout. Default 10s (http.DefaultTransport has none): a stuck
-	// upstream then fails before the overall Timeout, with an error that says which phase hung.
+	// ResponseHeaderTimeout bounds the wait for the response headers: from admission for a
+	// request without a body, from the end of its write for one with a body, not counting
+	// the time spent dialling a connection for it (DNS and TCP; a TLS handshake counts). Zero
+	// means no timeout. Default 10s (http.DefaultTransport has none): a stuck upstream then
+	// fails before the overall Timeout, with an error that says which phase hung. httpfx's
+	// clients enforce it as they do Timeout; it is not set on the *http.Transport, whose
+	// timer per request it replaces, so a client built directly over that transport has none.
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout" json:"response_header_timeout"`
 
 	// ExpectContinueTimeout bounds the wait for a "100 Continue" after sending headers with
