@@ -2,6 +2,7 @@ package httpfx
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -38,8 +39,9 @@ type call struct {
 	phase    atomic.Int32 // phaseHeaders, ...
 	returned atomic.Bool  // the round trip has returned
 	endBy    int64        // on the owner's clock, when the whole request expires; zero: never
-	hdrBy    atomic.Int64 // when the wait for the response headers expires; zero: never; hdrAfterWrite: not counting yet
+	hdrBy    atomic.Int64 // when the wait for the response headers expires; zero: never; negative: not counting yet
 	dialing  atomic.Int32 // dials started for it and not finished: its header clock waits
+	slot     bool         // it holds one of its upstream's MaxConnsPerHost slots
 
 	trace *httptrace.ClientTrace // a request with a body: its write starts the header clock; else nil
 	tr    *httptrace.ClientTrace // the trace the call answers httptrace's key with; nil: inner answers
@@ -50,8 +52,9 @@ type call struct {
 	body  body // the wrapper of rc that the caller reads
 }
 
-// Phases of a call. A call moves from phaseHeaders to one other phase, and from phaseBody to
-// a phase "in body"; the phases past phaseStream are failures.
+// Phases of a call. A call moves from phaseHeaders to one other phase, from phaseBody and
+// phaseStream to a phase "in body" or phaseDone; the phases from phaseHeaderTimeout to
+// phaseCutInBody are failures by a deadline or stop, which stay once set.
 const (
 	phaseHeaders         int32 = iota // the round trip is running
 	phaseBody                         // the response body is being read
@@ -61,11 +64,16 @@ const (
 	phaseTimeoutInBody                // the request's Timeout expired while the body was read
 	phaseCutInHeader                  // stop cut it during the round trip
 	phaseCutInBody                    // stop cut it while the body was read
+	phaseDone                         // finished well, or failed other than by a deadline or stop
 )
 
-// hdrAfterWrite is hdrBy of a request with a body until its write ends: the header clock
-// starts then.
-const hdrAfterWrite = -1
+// hdrBy of a request whose header clock has not started: one with a body starts it when its
+// write ends, one without when it is handed to the transport, after any wait of httpfx's
+// (an upstream's MaxConnsPerHost, the HTTP/2 cold-start gate).
+const (
+	hdrAfterWrite = -1
+	hdrAtSend     = -2
+)
 
 // callKey is the context key under which a call finds itself, from a dial made for it.
 type callKey struct{}
@@ -91,9 +99,9 @@ func (c *call) Done() <-chan struct{} { return c.inner.Done() }
 // reports context.DeadlineExceeded, as its cause (the timeout's error) says.
 func (c *call) Err() error {
 	err := c.inner.Err()
-	if err != nil && c.cancel != nil {
-		switch c.phase.Load() {
-		case phaseHeaderTimeout, phaseTimeoutInHeader, phaseTimeoutInBody:
+	if err == context.Canceled && c.cancel != nil {
+		var te *timeoutError
+		if errors.As(context.Cause(c.inner), &te) {
 			return context.DeadlineExceeded
 		}
 	}
@@ -227,7 +235,7 @@ func (c *call) fail(from, to int32) {
 		c.stopRoundTrip()
 		return
 	}
-	c.rc.Close()
+	c.rc.Close() // set before the phase moved to phaseBody
 	if c.cancel != nil {
 		c.cancel(c.failure())
 	}
@@ -263,11 +271,11 @@ func (c *call) cut() {
 			}
 		case phaseBody, phaseStream:
 			if c.phase.CompareAndSwap(p, phaseCutInBody) {
-				c.rc.Close()
+				c.rc.Close() // set before the phase moved to phaseBody or phaseStream
 				c.end(errCut)
 				return
 			}
-		default: // failed already
+		default: // failed already, or done
 			return
 		}
 	}
@@ -288,14 +296,32 @@ func (c *call) end(err error) {
 	if !c.done.CompareAndSwap(false, true) {
 		return
 	}
+	for { // a failure's phase stays: a Read after it still says why
+		p := c.phase.Load()
+		if p != phaseHeaders && p != phaseBody && p != phaseStream || c.phase.CompareAndSwap(p, phaseDone) {
+			break
+		}
+	}
 	c.o.calls.remove(c)
+	if c.obs != nil {
+		c.obs.finish(err) // before cancel: the observer classifies by the context's state
+	}
 	if c.cancel != nil {
 		c.cancel(nil)
 	}
-	if c.obs != nil {
-		c.obs.finish(err)
+	if c.up != nil {
+		c.up.done(err != nil, c.slot)
 	}
-	c.o.finish(c.up, err != nil)
+	c.o.finish(err != nil)
+}
+
+// endEarly finishes a call that never reached the transport, with err, and returns err. As a
+// RoundTripper must, it closes req's body.
+func (c *call) endEarly(req *http.Request, err error) error {
+	c.returned.Store(true)
+	closeBody(req)
+	c.end(err)
+	return err
 }
 
 // finishWatch finishes the request when its context ends, in a goroutine of the context's.

@@ -95,11 +95,8 @@ func (o *owner) admit() (int64, bool) {
 	return o.stats.requests.Add(1), true
 }
 
-// finish counts an admitted request out of flight, and out of its upstream's if up is set.
-func (o *owner) finish(up *upstream, failed bool) {
-	if up != nil {
-		up.done(failed, true)
-	}
+// finish counts an admitted request out of flight.
+func (o *owner) finish(failed bool) {
 	if failed {
 		o.stats.failed.Add(1)
 	}

@@ -49,24 +49,21 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	c := &call{o: o, up: up, obs: ob}
 	c.body.c = c
 	req = t.prepare(c, req)
-	if !o.calls.add(c, seq) { // stop has cut already
-		closeBody(req)
-		c.end(errCut)
-		return nil, errCut
-	}
 	if up != nil {
 		up.stats.requests.Add(1)
 		up.stats.inFlight.Add(1) // in flight from admission, as in the totals: waiting included
-		if err := up.acquire(c); err != nil {
-			up.done(true, false)
-			c.up = nil // counted out of the upstream already
-			closeBody(req)
-			c.end(err)
-			return nil, err
-		}
+	}
+	if !o.calls.add(c, seq) { // stop has cut already
+		return nil, c.endEarly(req, errCut)
 	}
 	if c.endBy != 0 || c.hdrBy.Load() != 0 {
-		o.sweep.kick()
+		o.sweep.kick() // before any wait: the deadlines bound the waits too
+	}
+	if up != nil {
+		if err := up.acquire(c); err != nil {
+			return nil, c.endEarly(req, err)
+		}
+		c.slot = true
 	}
 	if o.hint != nil {
 		req = o.hint.mark(req)
@@ -75,12 +72,16 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	if o.gate != nil && req.URL.Scheme == "https" {
 		var err error
 		if req, lead, err = o.gate.enter(req); err != nil {
-			closeBody(req)
-			c.end(err)
-			return nil, err
+			return nil, c.endEarly(req, err)
 		}
 	}
+	if c.hdrBy.Load() == hdrAtSend { // a request without a body: the header clock starts now
+		c.hdrBy.Store(o.clock.now() + int64(o.cfg.ResponseHeaderTimeout))
+	}
 	c.req.Store(req)
+	if c.phase.Load() != phaseHeaders { // a deadline or stop came first
+		return nil, c.endEarly(req, c.failure())
+	}
 	resp, err := t.next.RoundTrip(req)
 	for i := 0; i < maxReplays && err != nil && o.health != nil && neverSent(err) && c.phase.Load() == phaseHeaders; i++ {
 		again, ok := rewind(req) // replay what provably never reached the server
@@ -98,8 +99,9 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	next := phaseBody
 	switch {
 	case err != nil:
+		next = phaseDone // finished below
 	case noBody(req, resp):
-		next = phaseStream // finished below; no deadline applies meanwhile
+		next = phaseDone // finished below
 	case resp.StatusCode == http.StatusSwitchingProtocols:
 		next = phaseStream // after a 101, the stream lives until it is closed
 		c.rc = resp.Body
@@ -168,7 +170,7 @@ func (t *tracker) prepare(c *call, req *http.Request) *http.Request {
 	case withBody:
 		c.hdrBy.Store(hdrAfterWrite)
 	default:
-		c.hdrBy.Store(now + int64(rht))
+		c.hdrBy.Store(hdrAtSend)
 	}
 	if parent.Done() != nil {
 		c.watch = parent // its end finishes the request, even if the body is never closed

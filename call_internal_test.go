@@ -1,0 +1,239 @@
+package httpfx
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// A call whose round trip failed, or whose response has no body, is finished: a sweep past
+// its deadline or stop's cut before the tracker ends it leaves it alone (it has no body to
+// close).
+func TestFinishedCallIsLeftAlone(t *testing.T) {
+	o, err := newOwner(DefaultConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq, _ := o.admit()
+	c := &call{o: o, inner: context.Background(), endBy: 1}
+	c.body.c = c
+	o.calls.add(c, seq)
+	if !c.endsWith(phaseDone) {
+		t.Fatal("endsWith refused")
+	}
+	o.sweep.sweep()
+	for _, c := range o.calls.close() {
+		c.cut()
+	}
+	if p := c.phase.Load(); p != phaseDone {
+		t.Errorf("phase %d after a sweep and a cut, want done", p)
+	}
+	c.end(nil)
+	if n := o.stats.gate.Load(); n != 0 {
+		t.Errorf("in flight %d, want 0", n)
+	}
+}
+
+// recObserver records finished requests.
+type recObserver struct {
+	mu  sync.Mutex
+	evs []RequestEvent
+}
+
+func (r *recObserver) RequestStarted(RequestEvent) {}
+func (r *recObserver) RequestFinished(e RequestEvent) {
+	r.mu.Lock()
+	r.evs = append(r.evs, e)
+	r.mu.Unlock()
+}
+func (r *recObserver) ConnChanged(ConnEvent) {}
+
+// A body cut by its server is a connection error in both modes: the context mode's own
+// cancellation at the end does not make it look canceled.
+func TestBodyErrorClassInBothModes(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		io.WriteString(w, "partial")
+		w.(http.Flusher).Flush()
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		conn.Close()
+	}))
+	defer srv.Close()
+	for _, mode := range []string{"fast", "context"} {
+		t.Run(mode, func(t *testing.T) {
+			rec := new(recObserver)
+			res, err := New(Params{Config: DefaultConfig(), Observers: []Observer{rec}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer Shutdown(context.Background(), res.Client)
+			if mode == "context" {
+				ownerOf(res.Client).tracker.direct = nil
+			}
+			resp, err := res.Client.Get(srv.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.ReadAll(resp.Body)
+			resp.Body.Close()
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			if len(rec.evs) != 1 || rec.evs[0].Error != ErrorConnection {
+				t.Errorf("events %+v, want one classified %q", rec.evs, ErrorConnection)
+			}
+		})
+	}
+}
+
+// An upstream request that stop refuses between admission and listing is counted out of its
+// upstream once, and never waits for a MaxConnsPerHost slot it did not take.
+func TestUpstreamRequestRefusedAtListing(t *testing.T) {
+	res, err := New(Params{Config: DefaultConfig()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Shutdown(context.Background(), res.Client)
+	o := ownerOf(res.Client)
+	uc, err := o.newUpstream("svc", UpstreamConfig{BaseURL: "http://127.0.0.1:1/", MaxConnsPerHost: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.calls.close() // as stop's cut does while a request is between admission and listing
+	done := make(chan error, 1)
+	go func() {
+		_, err := uc.Get("x")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("err = %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request hangs")
+	}
+	if u := o.stats.Snapshot().Upstreams["svc"]; u.Requests != 1 || u.InFlight != 0 || u.Failed != 1 {
+		t.Errorf("upstream stats %+v, want 1 request, 1 failed, none in flight", u)
+	}
+}
+
+// A request waiting for an upstream's MaxConnsPerHost slot is bounded by its Timeout even
+// when nothing else in flight has a deadline of its own.
+func TestUpstreamSlotWaitBoundedByTimeout(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "partial")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	defer srv.CloseClientConnections()
+	cfg := DefaultConfig()
+	cfg.ResponseHeaderTimeout = 0
+	res, err := New(Params{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := ownerOf(res.Client)
+	uc, err := o.newUpstream("svc", UpstreamConfig{BaseURL: srv.URL + "/", Timeout: 300 * time.Millisecond, MaxConnsPerHost: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A: its caller's deadline is shorter than the Timeout, so it has none of its own; it
+	// keeps its slot, its body unread.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	reqA, _ := http.NewRequestWithContext(ctx, http.MethodGet, "a", nil)
+	respA, err := uc.Do(reqA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer respA.Body.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := uc.Get("b")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), `upstream "svc" Timeout (300ms)`) {
+			t.Errorf("err = %v, want the upstream's Timeout", err)
+		}
+	case <-time.After(10 * time.Second):
+		respA.Body.Close()
+		<-done
+		t.Error("B waited for a slot past its Timeout")
+	}
+	respA.Body.Close()
+	if err := Shutdown(context.Background(), res.Client); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Many upstream requests time out while waiting for a slot and while waiting for headers,
+// concurrently with the sweeper: run with -race.
+func TestUpstreamTimeoutsUnderRace(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	defer srv.Close()
+	defer srv.CloseClientConnections()
+	res, err := New(Params{Config: DefaultConfig()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Shutdown(context.Background(), res.Client)
+	uc, err := ownerOf(res.Client).newUpstream("svc", UpstreamConfig{BaseURL: srv.URL + "/", Timeout: 20 * time.Millisecond, MaxConnsPerHost: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := uc.Get("x"); err == nil {
+				t.Error("a request succeeded; want its Timeout")
+			}
+		}()
+		time.Sleep(200 * time.Microsecond)
+	}
+	wg.Wait()
+}
+
+// A call's Err never changes once set: a caller's cancellation stays Canceled even when a
+// deadline of httpfx passes afterwards.
+func TestCallErrIsStable(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "partial")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	defer srv.CloseClientConnections()
+	cfg := DefaultConfig()
+	cfg.Timeout = 200 * time.Millisecond
+	res, err := New(Params{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Shutdown(context.Background(), res.Client)
+	ownerOf(res.Client).tracker.direct = nil // the context mode
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	resp, err := res.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	rctx := resp.Request.Context()
+	cancel()
+	e1 := rctx.Err()
+	time.Sleep(400 * time.Millisecond) // past the Timeout
+	if e2 := rctx.Err(); e1 != context.Canceled || e2 != e1 {
+		t.Errorf("Err was %v, then %v; want Canceled both times", e1, e2)
+	}
+}
