@@ -27,7 +27,7 @@ type Config struct {
 	// timeout. Default 30s: generous for RPC-style calls, still a bound; streaming or large
 	// downloads should raise it (a request's own context can only shorten it). httpfx's
 	// clients enforce it without a timer per request: a request fails within a sixty-fourth of
-	// the shortest timeout (at most 50ms) after its deadline.
+	// the shortest timeout (at least 1ms, at most 50ms) after its deadline.
 	Timeout time.Duration `yaml:"timeout" json:"timeout"`
 
 	// DialTimeout bounds establishing one TCP connection. A DialTimeout of zero means no
@@ -44,9 +44,11 @@ type Config struct {
 	// http.DefaultTransport.
 	TLSHandshakeTimeout time.Duration `yaml:"tls_handshake_timeout" json:"tls_handshake_timeout"`
 
-	// ResponseHeaderTimeout bounds the wait for the response headers: from admission for a
-	// request without a body, from the end of its write for one with a body, not counting
-	// the time spent dialling a connection for it (DNS and TCP; a TLS handshake counts). Zero
+	// ResponseHeaderTimeout bounds the wait for the response headers: for a request without a
+	// body from when httpfx hands it to the transport (after an upstream's MaxConnsPerHost
+	// wait), for one with a body from the end of its write; the time spent dialling a
+	// connection for it (DNS and TCP) does not count, a TLS handshake and a wait at the
+	// transport's MaxConnsPerHost do. Zero
 	// means no timeout. Default 10s (http.DefaultTransport has none): a stuck upstream then
 	// fails before the overall Timeout, with an error that says which phase hung. httpfx's
 	// clients enforce it as they do Timeout; it is not set on the *http.Transport, whose

@@ -58,7 +58,9 @@ type Result struct {
 // New builds the owned transport and client from p.Config and, if p.Lifecycle is set,
 // registers the hooks that log the settings at start and run the stop sequence (gate, drain,
 // close) at stop. It returns an error naming the field if p.Config is invalid. It can be
-// called without fx; Module calls the same steps with decoration points in between.
+// called without fx; Module calls the same steps with decoration points in between. The
+// client's first request with a deadline starts the goroutine that enforces deadlines; the
+// stop sequence (the hook, or Shutdown) stops it, so a client that is used must be stopped.
 func New(p Params) (Result, error) {
 	o, err := newOwner(p.Config, p.Logger, p.Resolver)
 	if err != nil {
@@ -74,7 +76,8 @@ func New(p Params) (Result, error) {
 
 // Shutdown runs the stop sequence of a client that New, the Module or Upstream built (for an
 // upstream client, that of the module it shares): it refuses new requests with ErrClosed, waits for in-flight requests and their response bodies (bounded by
-// ctx and Config.DrainTimeout), closes the owned transport's connections, and returns an
+// ctx and Config.DrainTimeout), closes the owned transport's connections, stops the goroutine
+// that enforces the client's deadlines, and returns an
 // error wrapping ctx's error and saying how many requests it cut if the bound expired. It is
 // the same as the OnStop hook and only the first call, of either, does the work; later calls
 // return its result. For a client httpfx did not build it returns an error and does nothing.
