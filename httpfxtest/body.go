@@ -10,8 +10,8 @@ import (
 )
 
 // body tracks a response body until its caller closes it or reads it to EOF. httpfx's own
-// body wraps it, so that a cut at stop closes it too: that close is told apart by its caller,
-// and the body is still reported. It is safe for a Close concurrent with a Read.
+// body wraps it, so that a cut at stop or a timeout closes it too: that close is told apart by
+// its caller, and the body is still reported. It is safe for a Close concurrent with a Read.
 type body struct {
 	rc       io.ReadCloser
 	env      *Env
@@ -22,6 +22,7 @@ type body struct {
 	stack    []uintptr // from the recorder's caller outwards
 	done     atomic.Bool
 	cut      atomic.Bool // httpfx closed it at stop, past the drain bound
+	expired  atomic.Bool // httpfx closed it past the request's timeout
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -34,9 +35,12 @@ func (b *body) Read(p []byte) (int, error) {
 
 func (b *body) Close() error {
 	if !b.done.Load() {
-		if cutByHTTPFX() {
+		switch closedByHTTPFX() {
+		case "cut":
 			b.cut.Store(true)
-		} else {
+		case "fail":
+			b.expired.Store(true)
+		default:
 			b.finish()
 		}
 	}
@@ -63,6 +67,8 @@ func (b *body) report() string {
 	s.WriteString(": response body never closed nor read to EOF")
 	if b.cut.Load() {
 		s.WriteString("; httpfx cut it at stop, after Config.DrainTimeout")
+	} else if b.expired.Load() {
+		s.WriteString("; httpfx closed it when the request's timeout expired")
 	}
 	for i, f := range callSite(b.stack) {
 		what := "called from"
@@ -100,17 +106,21 @@ func (e *Env) track(b *body) bool {
 	return true
 }
 
-// cutByHTTPFX reports whether httpfx's stop is closing the body under its caller.
-func cutByHTTPFX() bool {
+// closedByHTTPFX reports whether httpfx is closing the body under its caller: "cut" by stop,
+// "fail" past the request's timeout, or "" if the caller closes it.
+func closedByHTTPFX() string {
 	var pcs [8]uintptr
 	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs[:])])
 	for {
 		f, more := frames.Next()
-		if f.Function == "github.com/httpfx/httpfx.(*body).cut" {
-			return true
+		switch f.Function {
+		case "github.com/httpfx/httpfx.(*call).cut":
+			return "cut"
+		case "github.com/httpfx/httpfx.(*call).fail":
+			return "fail"
 		}
 		if !more {
-			return false
+			return ""
 		}
 	}
 }

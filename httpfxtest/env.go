@@ -16,6 +16,7 @@ package httpfxtest
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -49,6 +50,7 @@ type Env struct {
 	seq      int64              // requests seen, to report bodies in order
 	problems []string           // requests refused, reported at the end
 	conns    map[*conn]struct{} // connections dialled through the env and still open
+	clients  []*http.Client     // the shared clients httpfx built in the apps of Module
 	lastConn chan struct{}      // closed when conns empties, while finish waits
 	finished bool               // finish ran: nothing more to record
 }
@@ -163,10 +165,13 @@ func (e *Env) Module(opts ...fx.Option) fx.Option {
 			return &recorder{env: e, next: rt}
 		}),
 		fx.Invoke(func(c httpfx.Config) { e.learnConfig(c) }),
-		fx.Invoke(func(*http.Client) error {
+		fx.Invoke(func(c *http.Client) error {
 			if !adjusted || !wrapped {
 				return errors.New("httpfxtest: httpfx.Module must be among the options given to Env.Module, so that its requests can be routed")
 			}
+			e.mu.Lock()
+			e.clients = append(e.clients, c) // httpfx's own: the app's decorations are below
+			e.mu.Unlock()
 			return nil
 		}),
 	}
@@ -211,8 +216,18 @@ func (e *Env) finish() {
 	// closing right now gets a moment.
 	if n := e.waitConns(2 * time.Second); n > 0 {
 		e.t.Errorf("httpfxtest: the app's transport still holds %d connection(s), each with net/http goroutines, at the end of the test: stop the app before the test ends (defer app.RequireStart().RequireStop())", n)
-		e.closeConns()
 	}
+	// An app that was not stopped still runs httpfx's goroutines: stop its clients now, at
+	// once (a stopped app's client returns its stop's result and does nothing).
+	e.mu.Lock()
+	clients := e.clients
+	e.mu.Unlock()
+	for _, c := range clients {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		httpfx.Shutdown(ctx, c) //nolint:errcheck // the missing stop is reported above
+	}
+	e.closeConns()
 	for _, s := range e.servers {
 		s.close()
 	}

@@ -465,3 +465,31 @@ func TestMisuseFails(t *testing.T) {
 		t.Errorf("reported %q", errs)
 	}
 }
+
+// A body that httpfx closed because the request's Timeout expired was still never closed by
+// the component: it is reported, and the report says httpfx closed it.
+func TestBodyClosedByTimeoutIsReported(t *testing.T) {
+	var line string
+	errs := runFake(t, func(t *fakeT) {
+		env := httpfxtest.New(t)
+		env.Host("slow.internal", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "partial")
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}))
+		var client *http.Client
+		app := fxtest.New(t, env.Module(httpfx.Module, fx.Decorate(func(c httpfx.Config) httpfx.Config {
+			c.Timeout = 100 * time.Millisecond
+			return c
+		})), fx.Populate(&client))
+		defer app.RequireStart().RequireStop()
+		if _, line, _ = leakyGet(client, "http://slow.internal/x"); line == "" {
+			t.Errorf("no line")
+		}
+		time.Sleep(300 * time.Millisecond) // past the Timeout: httpfx closes the body
+	})
+	want := "httpfxtest: GET http://slow.internal/x: response body never closed nor read to EOF; httpfx closed it when the request's timeout expired"
+	if len(errs) != 1 || !strings.HasPrefix(errs[0], want) || !strings.Contains(errs[0], "sent at "+line) {
+		t.Fatalf("reported %q; want one report starting %q, sent at %s", errs, want, line)
+	}
+}
