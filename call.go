@@ -342,13 +342,15 @@ type body struct{ c *call }
 func (b *body) Read(p []byte) (int, error) {
 	c := b.c
 	n, err := c.rc.Read(p)
-	if err == io.EOF {
-		c.end(nil)
-	} else if err != nil {
+	if err != nil {
 		if f := c.failure(); f != nil {
-			err = f // the sweeper or stop closed it: say why
+			err = f // the sweeper or stop closed it, which may read as an EOF: say why
 		}
-		c.end(err)
+		if err == io.EOF {
+			c.end(nil)
+		} else {
+			c.end(err)
+		}
 	}
 	return n, err
 }
