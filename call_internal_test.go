@@ -126,13 +126,7 @@ func TestUpstreamRequestRefusedAtListing(t *testing.T) {
 // A request waiting for an upstream's MaxConnsPerHost slot is bounded by its Timeout even
 // when nothing else in flight has a deadline of its own.
 func TestUpstreamSlotWaitBoundedByTimeout(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "partial")
-		w.(http.Flusher).Flush()
-		<-r.Context().Done()
-	}))
-	defer srv.Close()
-	defer srv.CloseClientConnections()
+	srv := newStallingServer(t)
 	cfg := DefaultConfig()
 	cfg.ResponseHeaderTimeout = 0
 	res, err := New(Params{Config: cfg})
@@ -207,13 +201,7 @@ func TestUpstreamTimeoutsUnderRace(t *testing.T) {
 // A call's Err never changes once set: a caller's cancellation stays Canceled even when a
 // deadline of httpfx passes afterwards.
 func TestCallErrIsStable(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "partial")
-		w.(http.Flusher).Flush()
-		<-r.Context().Done()
-	}))
-	defer srv.Close()
-	defer srv.CloseClientConnections()
+	srv := newStallingServer(t)
 	cfg := DefaultConfig()
 	cfg.Timeout = 200 * time.Millisecond
 	res, err := New(Params{Config: cfg})
@@ -236,4 +224,17 @@ func TestCallErrIsStable(t *testing.T) {
 	if e2 := rctx.Err(); e1 != context.Canceled || e2 != e1 {
 		t.Errorf("Err was %v, then %v; want Canceled both times", e1, e2)
 	}
+}
+
+// newStallingServer starts a server whose responses send their headers and a part of the body,
+// then stall until the client goes away. The test's cleanup closes it.
+func newStallingServer(t *testing.T) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "partial")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(srv.CloseClientConnections) // first: handlers wait for their clients
+	return srv
 }
