@@ -235,10 +235,10 @@ func (c *call) fail(from, to int32) {
 		c.stopRoundTrip()
 		return
 	}
-	c.rc.Close() // set before the phase moved to phaseBody
 	if c.cancel != nil {
-		c.cancel(c.failure())
+		c.cancel(c.failure()) // first: the context says why before a Read can see the close
 	}
+	c.rc.Close() // set before the phase moved to phaseBody
 	c.end(c.failure())
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -237,4 +238,110 @@ func newStallingServer(t *testing.T) *httptest.Server {
 	t.Cleanup(srv.Close)
 	t.Cleanup(srv.CloseClientConnections) // first: handlers wait for their clients
 	return srv
+}
+
+// A body its caller leaves unread is failed by the sweeper past the Timeout; the observer sees
+// the response's status and a timeout, in both modes (and -race sees no race between the
+// response's record and the sweeper's finish).
+func TestObserverSeesBodyTimeout(t *testing.T) {
+	srv := newStallingServer(t)
+	for _, mode := range []string{"fast", "context"} {
+		t.Run(mode, func(t *testing.T) {
+			rec := new(recObserver)
+			cfg := DefaultConfig()
+			cfg.Timeout = 100 * time.Millisecond
+			res, err := New(Params{Config: cfg, Observers: []Observer{rec}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer Shutdown(context.Background(), res.Client)
+			if mode == "context" {
+				ownerOf(res.Client).tracker.direct = nil
+			}
+			resp, err := res.Client.Get(srv.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				rec.mu.Lock()
+				n := len(rec.evs)
+				rec.mu.Unlock()
+				if n > 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the request was never finished")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			if e := rec.evs[0]; e.StatusCode != http.StatusOK || e.Error != ErrorTimeout {
+				t.Errorf("finished with status %d, class %q; want 200 and %q", e.StatusCode, e.Error, ErrorTimeout)
+			}
+		})
+	}
+}
+
+// A request whose deadline passes while it leads the HTTP/2 cold-start gate hands the lead
+// on: after bursts of HTTPS requests that all time out against a server that never answers,
+// no leader is left behind to hold the next requests to the host.
+func TestGateLeadHandedOnWhenTheDeadlinePasses(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu   sync.Mutex
+		held []net.Conn
+	)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	cfg := DefaultConfig()
+	cfg.Timeout = 100 * time.Millisecond
+	res, err := New(Params{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Shutdown(context.Background(), res.Client)
+	o := ownerOf(res.Client)
+	url := "https://" + ln.Addr().String() + "/"
+	for round := range 20 {
+		var wg sync.WaitGroup
+		for range 200 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if resp, err := res.Client.Get(url); err == nil {
+					resp.Body.Close()
+				}
+			}()
+		}
+		wg.Wait()
+		o.gate.mu.Lock()
+		n := len(o.gate.leading)
+		o.gate.mu.Unlock()
+		if n > 0 {
+			t.Fatalf("round %d: every request returned, yet the gate still has %d leader(s)", round, n)
+		}
+	}
 }

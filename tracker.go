@@ -80,6 +80,9 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	}
 	c.req.Store(req)
 	if c.phase.Load() != phaseHeaders { // a deadline or stop came first
+		if lead != nil {
+			o.gate.leave(req.URL.Host, lead, false) // the next request leads
+		}
 		return nil, c.endEarly(req, c.failure())
 	}
 	resp, err := t.next.RoundTrip(req)
@@ -95,6 +98,9 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	}
 	if lead != nil {
 		o.gate.leave(req.URL.Host, lead, err == nil)
+	}
+	if err == nil && ob != nil {
+		ob.respond(resp) // before the phase moves: from then on, another goroutine may end the call
 	}
 	next := phaseBody
 	switch {
@@ -126,9 +132,6 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	}
 	if ka := resp.Header["Keep-Alive"]; len(ka) > 0 && o.health != nil {
 		o.health.keepAlive(req.URL, ka[0])
-	}
-	if ob != nil {
-		ob.respond(resp)
 	}
 	if noBody(req, resp) {
 		c.end(nil)
