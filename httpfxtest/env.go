@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ type Env struct {
 	seq      int64              // requests seen, to report bodies in order
 	problems []string           // requests refused, reported at the end
 	conns    map[*conn]struct{} // connections dialled through the env and still open
-	clients  []*http.Client     // the shared clients httpfx built in the apps of Module
+	apps     []*app             // the apps built with Module
 	lastConn chan struct{}      // closed when conns empties, while finish waits
 	finished bool               // finish ran: nothing more to record
 }
@@ -65,8 +66,10 @@ type dest struct {
 
 // New returns an Env for the test t and registers, with t.Cleanup, the checks that run when
 // the test ends: every response body was closed or read to EOF, every request had a route,
-// and no connection of the app's transport is still open (so no net/http goroutine is left).
-// Then it closes the Env's servers. Call it from the test's goroutine.
+// every app started with Module was stopped (else it stops the app's client, so that no
+// goroutine of httpfx is left), and no connection of the app's transport is still open (so no
+// net/http goroutine is left). Then it closes the Env's servers. Call it from the test's
+// goroutine.
 func New(t testing.TB) *Env {
 	t.Helper()
 	c, err := newCerts()
@@ -165,12 +168,17 @@ func (e *Env) Module(opts ...fx.Option) fx.Option {
 			return &recorder{env: e, next: rt}
 		}),
 		fx.Invoke(func(c httpfx.Config) { e.learnConfig(c) }),
-		fx.Invoke(func(c *http.Client) error {
+		fx.Invoke(func(lc fx.Lifecycle, c *http.Client) error {
 			if !adjusted || !wrapped {
 				return errors.New("httpfxtest: httpfx.Module must be among the options given to Env.Module, so that its requests can be routed")
 			}
+			a := &app{client: c} // httpfx's own client: the app's decorations are below
+			lc.Append(fx.Hook{
+				OnStart: func(context.Context) error { a.started.Store(true); return nil },
+				OnStop:  func(context.Context) error { a.stopped.Store(true); return nil },
+			})
 			e.mu.Lock()
-			e.clients = append(e.clients, c) // httpfx's own: the app's decorations are below
+			e.apps = append(e.apps, a)
 			e.mu.Unlock()
 			return nil
 		}),
@@ -212,20 +220,23 @@ func (e *Env) finish() {
 	for _, p := range problems {
 		e.t.Errorf("%s", p)
 	}
+	// An app started and never stopped still runs httpfx's goroutines: say so, and stop its
+	// client now, at once.
+	e.mu.Lock()
+	apps := e.apps
+	e.mu.Unlock()
+	for _, a := range apps {
+		if a.started.Load() && !a.stopped.Load() {
+			e.t.Errorf("httpfxtest: the app was started and never stopped: stop it before the test ends (defer app.RequireStart().RequireStop()); httpfxtest stopped its HTTP client")
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		httpfx.Shutdown(ctx, a.client) //nolint:errcheck // a stopped app's client returns its stop's result
+	}
 	// A stopped app has closed its connections already; a connection a transport goroutine is
 	// closing right now gets a moment.
 	if n := e.waitConns(2 * time.Second); n > 0 {
 		e.t.Errorf("httpfxtest: the app's transport still holds %d connection(s), each with net/http goroutines, at the end of the test: stop the app before the test ends (defer app.RequireStart().RequireStop())", n)
-	}
-	// An app that was not stopped still runs httpfx's goroutines: stop its clients now, at
-	// once (a stopped app's client returns its stop's result and does nothing).
-	e.mu.Lock()
-	clients := e.clients
-	e.mu.Unlock()
-	for _, c := range clients {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		httpfx.Shutdown(ctx, c) //nolint:errcheck // the missing stop is reported above
 	}
 	e.closeConns()
 	for _, s := range e.servers {
@@ -364,4 +375,11 @@ func (e *Env) closeConns() {
 	for _, c := range open {
 		c.Close()
 	}
+}
+
+// app is one app built with Env.Module: httpfx's shared client in it, and whether the app was
+// started and stopped.
+type app struct {
+	client           *http.Client
+	started, stopped atomic.Bool
 }

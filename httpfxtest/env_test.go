@@ -168,8 +168,8 @@ func TestUnstoppedAppFails(t *testing.T) {
 		_, line, _ = leakyGet(client, "https://search.internal/")
 	})
 	if len(errs) != 2 || !strings.Contains(errs[0], "sent at "+line) || strings.Contains(errs[0], "cut") ||
-		!strings.Contains(errs[1], "still holds 1 connection(s)") {
-		t.Fatalf("reported %q; want the body sent at %s, then the connection", errs, line)
+		!strings.Contains(errs[1], "the app was started and never stopped") {
+		t.Fatalf("reported %q; want the body sent at %s, then the missing stop", errs, line)
 	}
 }
 
@@ -491,5 +491,18 @@ func TestBodyClosedByTimeoutIsReported(t *testing.T) {
 	want := "httpfxtest: GET http://slow.internal/x: response body never closed nor read to EOF; httpfx closed it when the request's timeout expired"
 	if len(errs) != 1 || !strings.HasPrefix(errs[0], want) || !strings.Contains(errs[0], "sent at "+line) {
 		t.Fatalf("reported %q; want one report starting %q, sent at %s", errs, want, line)
+	}
+}
+
+// An app started and never stopped is reported even when it holds no connection, and its
+// client is stopped, so that no goroutine of httpfx outlives the test.
+func TestUnstoppedIdleAppFails(t *testing.T) {
+	errs := runFake(t, func(t *fakeT) {
+		env := httpfxtest.New(t)
+		app := fxtest.New(t, env.Module(httpfx.Module))
+		app.RequireStart() // and never stopped
+	})
+	if len(errs) != 1 || !strings.Contains(errs[0], "the app was started and never stopped") {
+		t.Fatalf("reported %q; want the missing stop", errs)
 	}
 }
