@@ -89,7 +89,7 @@ func (o *owner) drain(ctx context.Context) error {
 	// A request in flight whose context ends is finished then, so that the drain does not
 	// wait for bodies their callers abandoned.
 	o.stopping.Store(true)
-	for _, c := range o.calls.visit(nil, nil) {
+	for _, c := range o.calls.visit(nil) {
 		c.finishWatch()
 	}
 	// 2. Drain, bounded by ctx and DrainTimeout.

@@ -83,15 +83,13 @@ func (l *callList) reap(i int64) {
 	}
 }
 
-// visit appends to buf the calls in flight for which keep reports true, and returns it.
-func (l *callList) visit(buf []*call, keep func(*call) bool) []*call {
+// visit appends the calls in flight to buf and returns it.
+func (l *callList) visit(buf []*call) []*call {
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
 		for c := s.head.next; c != &s.head; c = c.next {
-			if keep == nil || keep(c) {
-				buf = append(buf, c)
-			}
+			buf = append(buf, c)
 		}
 		s.mu.Unlock()
 	}

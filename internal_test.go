@@ -102,8 +102,8 @@ func TestSampledReapFinishesAbandonedBodies(t *testing.T) {
 		t.Fatalf("reaping another shard finished the body: in flight = %d", n)
 	}
 	o.calls.reap(seq)
-	if n, f := o.stats.gate.Load(), o.stats.failed.Load(); n != 0 || f != 1 || len(o.calls.visit(nil, nil)) != 0 {
-		t.Errorf("after the reap: in flight %d, failed %d, %d bodies listed; want 0, 1, 0", n, f, len(o.calls.visit(nil, nil)))
+	if n, f := o.stats.gate.Load(), o.stats.failed.Load(); n != 0 || f != 1 || len(o.calls.visit(nil)) != 0 {
+		t.Errorf("after the reap: in flight %d, failed %d, %d bodies listed; want 0, 1, 0", n, f, len(o.calls.visit(nil)))
 	}
 }
 
@@ -284,7 +284,7 @@ func TestSweepRepeatsCancellationUntilTheRoundTripReturns(t *testing.T) {
 			}
 			c.returned.Store(true)
 			c.end(err)
-			if n := len(o.calls.visit(nil, nil)); n != 0 {
+			if n := len(o.calls.visit(nil)); n != 0 {
 				t.Errorf("%d calls still listed", n)
 			}
 			return

@@ -121,7 +121,7 @@ func (s *sweeper) run() {
 // whose round trip has not returned yet, and returns how many calls are in flight.
 func (s *sweeper) sweep() int {
 	now := s.o.clock.now()
-	s.buf = s.o.calls.visit(s.buf[:0], nil)
+	s.buf = s.o.calls.visit(s.buf[:0])
 	n := len(s.buf)
 	for _, c := range s.buf {
 		switch p := c.phase.Load(); p {
