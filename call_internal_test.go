@@ -69,15 +69,8 @@ func TestBodyErrorClassInBothModes(t *testing.T) {
 	for _, mode := range []string{"fast", "context"} {
 		t.Run(mode, func(t *testing.T) {
 			rec := new(recObserver)
-			res, err := New(Params{Config: DefaultConfig(), Observers: []Observer{rec}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer Shutdown(context.Background(), res.Client)
-			if mode == "context" {
-				ownerOf(res.Client).tracker.direct = nil
-			}
-			resp, err := res.Client.Get(srv.URL)
+			client := newModeClient(t, mode, DefaultConfig(), rec)
+			resp, err := client.Get(srv.URL)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -250,15 +243,8 @@ func TestObserverSeesBodyTimeout(t *testing.T) {
 			rec := new(recObserver)
 			cfg := DefaultConfig()
 			cfg.Timeout = 100 * time.Millisecond
-			res, err := New(Params{Config: cfg, Observers: []Observer{rec}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer Shutdown(context.Background(), res.Client)
-			if mode == "context" {
-				ownerOf(res.Client).tracker.direct = nil
-			}
-			resp, err := res.Client.Get(srv.URL)
+			client := newModeClient(t, mode, cfg, rec)
+			resp, err := client.Get(srv.URL)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -344,4 +330,19 @@ func TestGateLeadHandedOnWhenTheDeadlinePasses(t *testing.T) {
 			t.Fatalf("round %d: every request returned, yet the gate still has %d leader(s)", round, n)
 		}
 	}
+}
+
+// newModeClient builds a client with cfg, observed by obs, whose plain-HTTP requests take the
+// deadline mode named ("fast" or "context"); the test's cleanup stops it.
+func newModeClient(t *testing.T, mode string, cfg Config, obs Observer) *http.Client {
+	t.Helper()
+	res, err := New(Params{Config: cfg, Observers: []Observer{obs}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Shutdown(context.Background(), res.Client) })
+	if mode == "context" {
+		ownerOf(res.Client).tracker.direct = nil
+	}
+	return res.Client
 }
