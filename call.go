@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -20,11 +21,22 @@ import (
 //
 // The deadlines are enforced without a timer or a context of their own per request, which
 // cost net/http ten allocations: the sweeper looks through the calls in flight (sweeper.go).
-// A call past a deadline is failed one of two ways. In the fast mode (plain HTTP/1.1 straight
-// to an *http.Transport), the sweeper has the transport cancel the request, and the context
-// stays the caller's. Otherwise (HTTPS, which may be HTTP/2, or a wrapped round tripper) the
-// context is cancellable, with the timeout as its cause. Once the response headers are in,
-// either way the sweeper closes the response body under the caller.
+// A call past a deadline is failed one of three ways, the cheapest that can reach the request:
+//
+//   - The fast mode, for HTTP/1.1 sent straight to an *http.Transport (plain HTTP, or HTTPS
+//     when the transport has HTTP/2 off): the sweeper has the transport cancel the request,
+//     and the context stays the caller's. No allocation.
+//   - The own mode, for the rest sent straight to an *http.Transport (HTTPS that may be
+//     HTTP/2) under a caller's context that never ends: c is itself the cancellable context.
+//     Its Done channel is made when first asked for, and net/http's per-request context
+//     registers with it (AfterFunc) rather than with a context of context's own: one to three
+//     allocations.
+//   - The cancel mode otherwise (a wrapped round tripper, which may wrap the context too, or a
+//     caller's context that can end): a context of context's own over the caller's, which
+//     context links to the caller's and net/http's without a goroutine. Five allocations.
+//
+// A cancelled context has the timeout as its cause. Once the response headers are in, every
+// way the sweeper closes the response body under the caller.
 type call struct {
 	prev, next *call      // in its shard of owner.calls while listed
 	shard      *callShard // nil until listed
@@ -32,9 +44,16 @@ type call struct {
 	o      *owner
 	up     *upstream               // the upstream client that sent it; nil for the owned client
 	inner  context.Context         // what the context methods answer from: the caller's context, with health's trace
-	cancel context.CancelCauseFunc // cancels inner: nil in the fast mode, or without deadlines
+	cancel context.CancelCauseFunc // the cancel mode's: cancels inner; nil in the other modes, or without deadlines
 	direct *http.Transport         // the fast mode's transport, which cancels the request; nil otherwise
+	own    bool                    // the own mode: c is the cancellable context (ownctx.go)
 	req    atomic.Pointer[http.Request]
+
+	mu     sync.Mutex   // the own mode's: guards why, after and more
+	doneCh atomic.Value // the own mode's: the chan struct{} Done returns, made when first asked for
+	why    error        // the own mode's: why the context was cancelled; nil while it is not
+	after  func()       // the own mode's: what AfterFunc registered, run at cancellation
+	more   []func()     // the own mode's: more of them
 
 	phase    atomic.Int32 // phaseHeaders, ...
 	returned atomic.Bool  // the round trip has returned
@@ -80,11 +99,11 @@ type callKey struct{}
 
 var _ context.Context = (*call)(nil)
 
-// Deadline implements context.Context. In the context mode it includes the call's own
+// Deadline implements context.Context. In the own and cancel modes it includes the call's own
 // deadline, at which Done closes.
 func (c *call) Deadline() (time.Time, bool) {
 	d, ok := c.inner.Deadline()
-	if c.cancel != nil && c.endBy != 0 {
+	if (c.cancel != nil || c.own) && c.endBy != 0 {
 		if by := c.o.clock.at(c.endBy); !ok || by.Before(d) {
 			return by, true
 		}
@@ -93,11 +112,19 @@ func (c *call) Deadline() (time.Time, bool) {
 }
 
 // Done implements context.Context.
-func (c *call) Done() <-chan struct{} { return c.inner.Done() }
+func (c *call) Done() <-chan struct{} {
+	if c.own {
+		return c.ownDone()
+	}
+	return c.inner.Done()
+}
 
-// Err implements context.Context. In the context mode, a context that a deadline ended
-// reports context.DeadlineExceeded, as its cause (the timeout's error) says.
+// Err implements context.Context. In the own and cancel modes, a context that a deadline
+// ended reports context.DeadlineExceeded, as its cause (the timeout's error) says.
 func (c *call) Err() error {
+	if c.own {
+		return c.ownErr()
+	}
 	err := c.inner.Err()
 	if err == context.Canceled && c.cancel != nil {
 		var te *timeoutError
@@ -235,10 +262,8 @@ func (c *call) fail(from, to int32) {
 		c.stopRoundTrip()
 		return
 	}
-	if c.cancel != nil {
-		c.cancel(c.failure()) // first: the context says why before a Read can see the close
-	}
-	c.rc.Close() // set before the phase moved to phaseBody
+	c.cancelContext(c.failure()) // first: the context says why before a Read can see the close
+	c.rc.Close()                 // set before the phase moved to phaseBody
 	c.end(c.failure())
 }
 
@@ -250,8 +275,8 @@ func (c *call) fail(from, to int32) {
 func (c *call) stopRoundTrip() {
 	switch {
 	case c.returned.Load():
-	case c.cancel != nil:
-		c.cancel(c.failure())
+	case c.cancel != nil || c.own:
+		c.cancelContext(c.failure())
 	case c.direct != nil:
 		if r := c.req.Load(); r != nil {
 			c.direct.CancelRequest(r) //nolint:staticcheck // the fast mode's cancellation, see call
@@ -307,7 +332,7 @@ func (c *call) end(err error) {
 		c.obs.finish(err) // before cancel: the observer classifies by the context's state
 	}
 	if c.cancel != nil {
-		c.cancel(nil)
+		c.cancel(nil) // lets go of the caller's context; the own mode holds nothing to let go of
 	}
 	if c.up != nil {
 		c.up.done(err != nil, c.slot)

@@ -2,6 +2,7 @@ package httpfx
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -66,7 +67,7 @@ func TestBodyErrorClassInBothModes(t *testing.T) {
 		conn.Close()
 	}))
 	defer srv.Close()
-	for _, mode := range []string{"fast", "context"} {
+	for _, mode := range []string{"fast", "own", "cancel"} {
 		t.Run(mode, func(t *testing.T) {
 			rec := new(recObserver)
 			client := newModeClient(t, mode, DefaultConfig(), rec)
@@ -203,7 +204,7 @@ func TestCallErrIsStable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer Shutdown(context.Background(), res.Client)
-	ownerOf(res.Client).tracker.direct = nil // the context mode
+	ownerOf(res.Client).tracker.fastHTTP = false // the context mode
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
 	resp, err := res.Client.Do(req)
@@ -238,7 +239,7 @@ func newStallingServer(t *testing.T) *httptest.Server {
 // response's record and the sweeper's finish).
 func TestObserverSeesBodyTimeout(t *testing.T) {
 	srv := newStallingServer(t)
-	for _, mode := range []string{"fast", "context"} {
+	for _, mode := range []string{"fast", "own", "cancel"} {
 		t.Run(mode, func(t *testing.T) {
 			rec := new(recObserver)
 			cfg := DefaultConfig()
@@ -332,8 +333,9 @@ func TestGateLeadHandedOnWhenTheDeadlinePasses(t *testing.T) {
 	}
 }
 
-// newModeClient builds a client with cfg, observed by obs, whose plain-HTTP requests take the
-// deadline mode named ("fast" or "context"); the test's cleanup stops it.
+// newModeClient builds a client with cfg, observed by obs, whose plain-HTTP requests with a
+// context that never ends take the deadline mode named ("fast", "own" or "cancel"); the test's
+// cleanup stops it.
 func newModeClient(t *testing.T, mode string, cfg Config, obs Observer) *http.Client {
 	t.Helper()
 	res, err := New(Params{Config: cfg, Observers: []Observer{obs}})
@@ -341,8 +343,197 @@ func newModeClient(t *testing.T, mode string, cfg Config, obs Observer) *http.Cl
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { Shutdown(context.Background(), res.Client) })
-	if mode == "context" {
-		ownerOf(res.Client).tracker.direct = nil
+	switch tr := ownerOf(res.Client).tracker; mode {
+	case "own":
+		tr.fastHTTP = false
+	case "cancel":
+		tr.fastHTTP, tr.transport = false, nil
 	}
 	return res.Client
+}
+
+// Each request with a deadline takes the cheapest mode that can reach it (call.go): the fast
+// mode for HTTP/1.1 sent straight to an *http.Transport, the own mode for the rest sent straight
+// to it under a context that never ends, the cancel mode otherwise.
+func TestDeadlineModeChosen(t *testing.T) {
+	res, err := New(Params{Config: DefaultConfig()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Shutdown(context.Background(), res.Client)
+	o := ownerOf(res.Client)
+	noH2 := func() map[string]func(string, *tls.Conn) http.RoundTripper {
+		return map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	protocols := func(h2, h2c bool) *http.Protocols {
+		p := new(http.Protocols)
+		p.SetHTTP1(true)
+		p.SetHTTP2(h2)
+		p.SetUnencryptedHTTP2(h2c)
+		return p
+	}
+	ending, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tests := []struct {
+		give      string
+		next      http.RoundTripper
+		url       string
+		ctx       context.Context
+		noTimeout bool   // Timeout and ResponseHeaderTimeout are off
+		slots     bool   // sent by an upstream with MaxConnsPerHost
+		want      string // fast, own, cancel or none
+	}{
+		{give: "http", next: &http.Transport{}, url: "http://a.test/", want: "fast"},
+		{give: "http, caller's context can end", next: &http.Transport{}, url: "http://a.test/", ctx: ending, want: "fast"},
+		{give: "http over h2c", next: &http.Transport{Protocols: protocols(false, true)}, url: "http://a.test/", want: "own"},
+		{give: "http, upstream with MaxConnsPerHost", next: &http.Transport{}, url: "http://a.test/", slots: true, want: "own"},
+		{give: "https, HTTP/2 possible", next: &http.Transport{ForceAttemptHTTP2: true}, url: "https://a.test/", want: "own"},
+		{give: "https, caller's context can end", next: &http.Transport{}, url: "https://a.test/", ctx: ending, want: "cancel"},
+		{give: "https, empty TLSNextProto", next: &http.Transport{TLSNextProto: noH2()}, url: "https://a.test/", want: "fast"},
+		{give: "https, Protocols HTTP/1 only", next: &http.Transport{Protocols: protocols(false, false)}, url: "https://a.test/", want: "fast"},
+		{give: "https, Protocols with HTTP/2", next: &http.Transport{Protocols: protocols(true, false), TLSNextProto: noH2()}, url: "https://a.test/", want: "own"},
+		{give: "https, TLSNextProto with another protocol", next: &http.Transport{Protocols: protocols(false, false),
+			TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{"x": nil}}, url: "https://a.test/", want: "own"},
+		{give: "wrapped", next: passThrough{&http.Transport{}}, url: "http://a.test/", want: "cancel"},
+		{give: "no deadline", next: &http.Transport{}, url: "https://a.test/", noTimeout: true, want: "none"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.give, func(t *testing.T) {
+			ctx := tt.ctx
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, tt.url, nil)
+			c := &call{o: o}
+			if tt.slots {
+				c.up = &upstream{timeout: time.Second, slots: make(chan struct{}, 1)}
+			}
+			saved := o.cfg
+			defer func() { o.cfg = saved }()
+			if tt.noTimeout {
+				o.cfg.Timeout, o.cfg.ResponseHeaderTimeout = 0, 0
+			}
+			newTracker(o, tt.next).prepare(c, req)
+			got := "none"
+			switch {
+			case c.direct != nil:
+				got = "fast"
+			case c.own:
+				got = "own"
+			case c.cancel != nil:
+				got = "cancel"
+				c.cancel(nil)
+			}
+			if got != tt.want {
+				t.Errorf("mode %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+type passThrough struct{ next http.RoundTripper }
+
+func (p passThrough) RoundTrip(r *http.Request) (*http.Response, error) { return p.next.RoundTrip(r) }
+
+// In the own mode the call is a cancellable context: Done is made when asked for and closed
+// at cancellation, Err says why, contexts made over it (as net/http makes one per request)
+// register with its AfterFunc instead of a goroutine and end with it, and an AfterFunc after
+// the end still runs.
+func TestOwnContext(t *testing.T) {
+	o, err := newOwner(DefaultConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownCall := func() *call {
+		req, _ := http.NewRequest(http.MethodGet, "https://a.test/", nil)
+		c := &call{o: o}
+		newTracker(o, &http.Transport{}).prepare(c, req)
+		if !c.own {
+			t.Fatal("not in the own mode")
+		}
+		return c
+	}
+	tests := []struct {
+		give    string
+		why     error
+		wantErr error
+	}{
+		{give: "timeout", why: o.timeoutErr, wantErr: context.DeadlineExceeded},
+		{give: "cut", why: errCut, wantErr: context.Canceled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.give, func(t *testing.T) {
+			c := ownCall()
+			if d, ok := c.Deadline(); !ok || time.Until(d) > o.cfg.Timeout || time.Until(d) < o.cfg.Timeout-time.Minute {
+				t.Errorf("Deadline() = %v, %v; want about Config.Timeout from now", d, ok)
+			}
+			done := c.Done()
+			child, cancel := context.WithCancel(c)
+			defer cancel()
+			if c.after == nil {
+				t.Fatal("a context made over the call did not register with its AfterFunc")
+			}
+			select {
+			case <-done:
+				t.Fatal("Done closed before cancellation")
+			default:
+			}
+			if c.Err() != nil || causeOf(c) != nil {
+				t.Fatalf("Err() = %v, cause %v before cancellation; want nil", c.Err(), causeOf(c))
+			}
+			c.cancelContext(tt.why)
+			c.cancelContext(errors.New("second")) // the first why stays
+			for _, ch := range []<-chan struct{}{done, c.Done(), child.Done()} {
+				select {
+				case <-ch:
+				case <-time.After(5 * time.Second):
+					t.Fatal("a Done channel is still open after cancellation")
+				}
+			}
+			if c.Err() != tt.wantErr || child.Err() != tt.wantErr || causeOf(c) != tt.why {
+				t.Errorf("Err() = %v, child's %v, cause %v; want %v, %v, %v", c.Err(), child.Err(), causeOf(c), tt.wantErr, tt.wantErr, tt.why)
+			}
+			ran := make(chan struct{})
+			context.AfterFunc(c, func() { close(ran) })
+			select {
+			case <-ran:
+			case <-time.After(5 * time.Second):
+				t.Fatal("an AfterFunc registered after cancellation never ran")
+			}
+		})
+	}
+	t.Run("Done asked for after cancellation", func(t *testing.T) {
+		c := ownCall()
+		c.cancelContext(errCut)
+		select {
+		case <-c.Done():
+		default:
+			t.Fatal("Done made after cancellation is open")
+		}
+	})
+}
+
+// The owned transport takes the fast mode for plain HTTP always, and for HTTPS when
+// Config.DisableHTTP2 is set.
+func TestOwnedTransportFastModes(t *testing.T) {
+	tests := []struct {
+		give      bool // Config.DisableHTTP2
+		wantHTTPS bool
+	}{
+		{give: false, wantHTTPS: false},
+		{give: true, wantHTTPS: true},
+	}
+	for _, tt := range tests {
+		cfg := DefaultConfig()
+		cfg.DisableHTTP2 = tt.give
+		res, err := New(Params{Config: cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := ownerOf(res.Client).tracker
+		if !tr.fastHTTP || tr.fastHTTPS != tt.wantHTTPS {
+			t.Errorf("DisableHTTP2 %v: fast mode for http %v, https %v; want true, %v", tt.give, tr.fastHTTP, tr.fastHTTPS, tt.wantHTTPS)
+		}
+		Shutdown(context.Background(), res.Client)
+	}
 }

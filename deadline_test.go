@@ -16,22 +16,33 @@ import (
 	"go.uber.org/fx"
 )
 
-// deadlineMode is one way a request's deadlines are enforced (call.go): plain HTTP/1.1 straight
-// to the transport (the transport cancels the request), and the rest (a cancellable context):
-// HTTPS with HTTP/1.1 or HTTP/2, and plain HTTP through a wrapped round tripper.
+// deadlineMode is one way a request's deadlines are enforced (call.go): the fast mode (HTTP/1.1
+// straight to the transport, which cancels the request: plain HTTP, or HTTPS with HTTP/2 off),
+// the own mode (HTTPS with HTTP/1.1 or HTTP/2 straight to the transport: the call is the
+// cancellable context) and the cancel mode (through a wrapped round tripper, or under a
+// caller's context that can end: a cancellable context of context's own).
 type deadlineMode struct {
 	name    string
 	start   func(testing.TB, http.Handler) *upstream
 	tls     bool
-	wrapped bool
+	noHTTP2 bool // Config.DisableHTTP2
+	wrapped bool // a round tripper decorates the transport
+	ending  bool // the caller's context can end (it does not during the test)
 }
 
 var deadlineModes = []deadlineMode{
 	{name: "http", start: newUpstream},
-	{name: "https", start: func(t testing.TB, h http.Handler) *upstream { return newTLSUpstream(t, h, false) }, tls: true},
-	{name: "h2", start: func(t testing.TB, h http.Handler) *upstream { return newTLSUpstream(t, h, true) }, tls: true},
+	{name: "https-http1-only", start: newH1TLSUpstream, tls: true, noHTTP2: true},
+	{name: "https", start: newH1TLSUpstream, tls: true},
+	{name: "h2", start: newH2TLSUpstream, tls: true},
 	{name: "http-wrapped", start: newUpstream, wrapped: true},
+	{name: "h2-wrapped", start: newH2TLSUpstream, tls: true, wrapped: true},
+	{name: "h2-ending-context", start: newH2TLSUpstream, tls: true, ending: true},
+	{name: "https-ending-context", start: newH1TLSUpstream, tls: true, ending: true},
 }
+
+func newH1TLSUpstream(t testing.TB, h http.Handler) *upstream { return newTLSUpstream(t, h, false) }
+func newH2TLSUpstream(t testing.TB, h http.Handler) *upstream { return newTLSUpstream(t, h, true) }
 
 // passThrough is a round tripper that wraps another, as tracing and logging wrappers do.
 type passThrough struct{ next http.RoundTripper }
@@ -72,6 +83,7 @@ func TestDeadlinesInEveryMode(t *testing.T) {
 				u := m.start(t, tt.handler)
 				edit := func(c *httpfx.Config) {
 					c.Timeout, c.ResponseHeaderTimeout = tt.timeout, tt.headers
+					c.DisableHTTP2 = m.noHTTP2
 					if m.tls {
 						c.TLSCAPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: u.Certificate().Raw}))
 					}
@@ -83,9 +95,14 @@ func TestDeadlinesInEveryMode(t *testing.T) {
 				app, g := relApp(t, edit, opts...)
 				defer app.RequireStop()
 
-				req, _ := http.NewRequest(http.MethodGet, u.URL, nil)
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				if !m.ending {
+					ctx = context.Background()
+				}
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.URL, nil)
 				if tt.upload {
-					req, _ = http.NewRequest(http.MethodPost, u.URL, &slowReader{parts: 3, gap: 150 * time.Millisecond})
+					req, _ = http.NewRequestWithContext(ctx, http.MethodPost, u.URL, &slowReader{parts: 3, gap: 150 * time.Millisecond})
 				}
 				var (
 					body string

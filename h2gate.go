@@ -1,7 +1,6 @@
 package httpfx
 
 import (
-	"context"
 	"crypto/tls"
 	"maps"
 	"net"
@@ -91,7 +90,7 @@ func (g *h2gate) enter(req *http.Request) (*http.Request, *h2lead, error) {
 		select {
 		case <-l.done:
 		case <-req.Context().Done():
-			return req, nil, context.Cause(req.Context())
+			return req, nil, causeOf(req.Context())
 		}
 	}
 }

@@ -175,10 +175,7 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 	}
 	o.inUse = t
 	o.nextType = fmt.Sprintf("%T", rt)
-	o.tracker = &tracker{next: rt, o: o}
-	if tr, ok := rt.(*http.Transport); ok && (tr.Protocols == nil || !tr.Protocols.UnencryptedHTTP2()) {
-		o.tracker.direct = tr // plain HTTP is HTTP/1.1: the fast mode (call.go)
-	}
+	o.tracker = newTracker(o, rt)
 	o.client = &http.Client{Transport: o.tracker, CheckRedirect: redirectPolicy(nil)}
 	return o.client
 }

@@ -24,9 +24,48 @@ const closedBit = 1 << 62
 type tracker struct {
 	next http.RoundTripper
 	o    *owner
-	// direct is next if it is an *http.Transport that speaks only HTTP/1.1 over plain TCP:
-	// plain-HTTP requests then take the fast mode (call.go). Nil otherwise.
-	direct *http.Transport
+	// transport is next if it is an *http.Transport, not wrapped, else nil. A request with a
+	// deadline sent to it takes the fast mode (call.go) where it speaks only HTTP/1.1: over
+	// plain TCP (fastHTTP, unless it speaks HTTP/2 there) or over TLS too (fastHTTPS, if
+	// HTTP/2 is off); else the own mode, if the caller's context never ends.
+	transport           *http.Transport
+	fastHTTP, fastHTTPS bool
+}
+
+// newTracker returns the tracker of o over next.
+func newTracker(o *owner, next http.RoundTripper) *tracker {
+	t := &tracker{next: next, o: o}
+	if tr, ok := next.(*http.Transport); ok {
+		t.transport = tr
+		t.fastHTTP = tr.Protocols == nil || !tr.Protocols.UnencryptedHTTP2()
+		t.fastHTTPS = http1OverTLS(tr)
+	}
+	return t
+}
+
+// http1OverTLS reports whether t speaks only HTTP/1.1 over TLS, as net/http decides: no
+// protocol in TLSNextProto that a server could negotiate instead, and HTTP/2 off, by
+// Protocols or else by an empty TLSNextProto (net/http's documented switch). A transport that
+// leaves both unset may speak HTTP/2.
+func http1OverTLS(t *http.Transport) bool {
+	if len(t.TLSNextProto) > 0 {
+		return false
+	}
+	if t.Protocols != nil {
+		return !t.Protocols.HTTP2()
+	}
+	return t.TLSNextProto != nil
+}
+
+// fast reports whether a request for scheme takes the fast mode.
+func (t *tracker) fast(scheme string) bool {
+	switch scheme {
+	case "http":
+		return t.fastHTTP
+	case "https":
+		return t.fastHTTPS
+	}
+	return false
 }
 
 var _ http.RoundTripper = (*tracker)(nil)
@@ -199,10 +238,13 @@ func (t *tracker) prepare(c *call, req *http.Request) *http.Request {
 			c.inner = h.traced(parent)
 		}
 	}
-	if c.endBy != 0 || rht > 0 {
-		if t.direct != nil && req.URL.Scheme == "http" && (c.up == nil || c.up.slots == nil) {
-			c.direct = t.direct // fast mode: the transport cancels it
-		} else {
+	if c.endBy != 0 || rht > 0 { // the modes of call.go
+		switch {
+		case t.fast(req.URL.Scheme) && (c.up == nil || c.up.slots == nil): // slots wait on the context
+			c.direct = t.transport
+		case t.transport != nil && c.inner.Done() == nil:
+			c.own = true
+		default:
 			c.inner, c.cancel = context.WithCancelCause(c.inner)
 		}
 	}

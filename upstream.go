@@ -273,7 +273,7 @@ func (u *upstream) acquire(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("httpfx: upstream %q: waiting for one of its MaxConnsPerHost (%d): %w",
-			u.name, cap(u.slots), context.Cause(ctx))
+			u.name, cap(u.slots), causeOf(ctx))
 	}
 }
 

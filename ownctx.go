@@ -1,0 +1,137 @@
+package httpfx
+
+import (
+	"context"
+	"errors"
+)
+
+// The own mode of a call (see call): the call is itself the cancellable context of its
+// request, over a caller's context that never ends. context.WithCancelCause would cost two
+// allocations, and net/http's per-request context, made over it, two more to register with it
+// and a channel; a call costs a channel, made only when Done is first asked for, and net/http's
+// context registers with the call's AfterFunc (two allocations of context's, and only over
+// HTTP/1.1: HTTP/2 streams use the call's context as it is).
+//
+// The own mode is chosen only for a request sent straight to an *http.Transport: a round
+// tripper between them may wrap the context, and context would then have to watch the call
+// from a goroutine of its own per request.
+
+// afterFuncer is what context looks for in a parent to register a child with, instead of
+// starting a goroutine (context.AfterFunc's documentation).
+type afterFuncer interface {
+	AfterFunc(func()) func() bool
+}
+
+var _ afterFuncer = (*call)(nil)
+
+// ownDone returns the own mode's Done channel, which it makes when first asked for: closed
+// already if the context was cancelled before.
+func (c *call) ownDone() <-chan struct{} {
+	if d, ok := c.doneCh.Load().(chan struct{}); ok {
+		return d
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d, ok := c.doneCh.Load().(chan struct{})
+	if !ok {
+		d = make(chan struct{})
+		if c.why != nil {
+			close(d)
+		}
+		c.doneCh.Store(d)
+	}
+	return d
+}
+
+// ownErr returns the own mode's Err: context.DeadlineExceeded if a deadline cancelled it,
+// context.Canceled if stop did, nil while it runs.
+func (c *call) ownErr() error {
+	c.mu.Lock()
+	why := c.why
+	c.mu.Unlock()
+	var te *timeoutError
+	switch {
+	case why == nil:
+		return nil
+	case errors.As(why, &te):
+		return context.DeadlineExceeded
+	}
+	return context.Canceled
+}
+
+// AfterFunc implements what context looks for in a parent (afterFuncer), so that a context
+// made over the call, as net/http makes one per HTTP/1.1 request, is cancelled with it without
+// a goroutine. f runs when the call's context is cancelled, or at once in a goroutine of its
+// own if it was already, as with context.AfterFunc. The returned stop does not unregister f
+// and reports false: context ignores its result, and f, which cancels a context, does nothing
+// once that context has ended; f is let go of with the call.
+//
+// Outside the own mode the call's context is the caller's (or one of context's own over it),
+// and f is registered with that.
+func (c *call) AfterFunc(f func()) func() bool {
+	if !c.own {
+		return context.AfterFunc(c.inner, f)
+	}
+	c.mu.Lock()
+	if c.why != nil {
+		c.mu.Unlock()
+		go f() // as context.AfterFunc: the caller may hold a lock that f takes
+		return stopNothing
+	}
+	if c.after == nil {
+		c.after = f
+	} else {
+		c.more = append(c.more, f)
+	}
+	c.mu.Unlock()
+	return stopNothing
+}
+
+// stopNothing is the stop of every AfterFunc of a call.
+func stopNothing() bool { return false }
+
+// cancelContext cancels the call's context with why, in the own and cancel modes; in the
+// own mode it closes Done and runs what AfterFunc registered, outside the call's lock. Calls
+// after the first keep the first why.
+func (c *call) cancelContext(why error) {
+	if c.cancel != nil {
+		c.cancel(why)
+		return
+	}
+	if !c.own {
+		return
+	}
+	if why == nil {
+		why = context.Canceled
+	}
+	c.mu.Lock()
+	if c.why == nil {
+		c.why = why
+		if d, ok := c.doneCh.Load().(chan struct{}); ok {
+			close(d)
+		}
+	}
+	f, more := c.after, c.more
+	c.after, c.more = nil, nil
+	c.mu.Unlock()
+	if f != nil {
+		f()
+	}
+	for _, f := range more {
+		f()
+	}
+}
+
+// causeOf returns context.Cause(ctx), which cannot see the cause of a call's own context: for
+// one, it returns its cause.
+func causeOf(ctx context.Context) error {
+	if c, ok := ctx.(*call); ok && c.own {
+		c.mu.Lock()
+		why := c.why
+		c.mu.Unlock()
+		if why != nil {
+			return why
+		}
+	}
+	return context.Cause(ctx)
+}
