@@ -45,30 +45,33 @@ type call struct {
 	up     *upstream               // the upstream client that sent it; nil for the owned client
 	inner  context.Context         // what the context methods answer from: the caller's context, with health's trace
 	cancel context.CancelCauseFunc // the cancel mode's: cancels inner; nil in the other modes, or without deadlines
-	direct *http.Transport         // the fast mode's transport, which cancels the request; nil otherwise
-	own    bool                    // the own mode: c is the cancellable context (ownctx.go)
 	req    atomic.Pointer[http.Request]
 
-	mu     sync.Mutex   // the own mode's: guards why, after and more
-	doneCh atomic.Value // the own mode's: the chan struct{} Done returns, made when first asked for
-	why    error        // the own mode's: why the context was cancelled; nil while it is not
-	after  func()       // the own mode's: what AfterFunc registered, run at cancellation
-	more   []func()     // the own mode's: more of them
+	endBy   int64        // on the owner's clock, when the whole request expires; zero: never
+	hdrBy   atomic.Int64 // when the wait for the response headers expires; zero: never; negative: not counting yet
+	phase   atomic.Int32 // phaseHeaders, ...
+	dialing atomic.Int32 // dials started for it and not finished: its header clock waits
 
-	phase    atomic.Int32 // phaseHeaders, ...
-	returned atomic.Bool  // the round trip has returned
-	endBy    int64        // on the owner's clock, when the whole request expires; zero: never
-	hdrBy    atomic.Int64 // when the wait for the response headers expires; zero: never; negative: not counting yet
-	dialing  atomic.Int32 // dials started for it and not finished: its header clock waits
-	slot     bool         // it holds one of its upstream's MaxConnsPerHost slots
+	returned atomic.Bool // the round trip has returned
+	done     atomic.Bool // end has run
+	slot     bool        // it holds one of its upstream's MaxConnsPerHost slots
+	fast     bool        // the fast mode: the owner's tracker's transport cancels the request
+	own      bool        // the own mode: c is the cancellable context (ownctx.go)
+	made     atomic.Bool // the own mode's: ch is made
+	ended    bool        // the own mode's: the context was cancelled (guarded by mu); its cause is failure()
 
-	trace *httptrace.ClientTrace // a request with a body: its write starts the header clock; else nil
+	// The own mode's, guarded by mu: the channel Done returns, made when first asked for, and
+	// what AfterFunc registered, run at cancellation.
+	mu    sync.Mutex
+	ch    chan struct{}
+	after func()
+	more  *[]func()
+
 	tr    *httptrace.ClientTrace // the trace the call answers httptrace's key with; nil: inner answers
 	rc    io.ReadCloser          // the response body, once there is one
 	watch context.Context        // the caller's context, if its end finishes the request; set before phaseBody
 	obs   *obsReq                // the request's observation; nil unless observed
-	done  atomic.Bool
-	body  body // the wrapper of rc that the caller reads
+	body  body                   // the wrapper of rc that the caller reads
 }
 
 // Phases of a call. A call moves from phaseHeaders to one other phase, from phaseBody and
@@ -277,9 +280,9 @@ func (c *call) stopRoundTrip() {
 	case c.returned.Load():
 	case c.cancel != nil || c.own:
 		c.cancelContext(c.failure())
-	case c.direct != nil:
+	case c.fast:
 		if r := c.req.Load(); r != nil {
-			c.direct.CancelRequest(r) //nolint:staticcheck // the fast mode's cancellation, see call
+			c.o.tracker.transport.CancelRequest(r) //nolint:staticcheck // the fast mode's cancellation, see call
 		}
 	}
 }

@@ -416,7 +416,7 @@ func TestDeadlineModeChosen(t *testing.T) {
 			newTracker(o, tt.next).prepare(c, req)
 			got := "none"
 			switch {
-			case c.direct != nil:
+			case c.fast:
 				got = "fast"
 			case c.own:
 				got = "own"
@@ -455,11 +455,12 @@ func TestOwnContext(t *testing.T) {
 	}
 	tests := []struct {
 		give    string
+		phase   int32 // the failure that cancels the context
 		why     error
 		wantErr error
 	}{
-		{give: "timeout", why: o.timeoutErr, wantErr: context.DeadlineExceeded},
-		{give: "cut", why: errCut, wantErr: context.Canceled},
+		{give: "timeout", phase: phaseTimeoutInHeader, why: o.timeoutErr, wantErr: context.DeadlineExceeded},
+		{give: "cut", phase: phaseCutInHeader, why: errCut, wantErr: context.Canceled},
 	}
 	for _, tt := range tests {
 		t.Run(tt.give, func(t *testing.T) {
@@ -473,6 +474,12 @@ func TestOwnContext(t *testing.T) {
 			if c.after == nil {
 				t.Fatal("a context made over the call did not register with its AfterFunc")
 			}
+			more := make([]context.Context, 3) // as net/http's context of each attempt
+			for i := range more {
+				ctx, cancel := context.WithCancel(c)
+				defer cancel()
+				more[i] = ctx
+			}
 			select {
 			case <-done:
 				t.Fatal("Done closed before cancellation")
@@ -481,9 +488,10 @@ func TestOwnContext(t *testing.T) {
 			if c.Err() != nil || causeOf(c) != nil {
 				t.Fatalf("Err() = %v, cause %v before cancellation; want nil", c.Err(), causeOf(c))
 			}
+			c.phase.Store(tt.phase)
 			c.cancelContext(tt.why)
-			c.cancelContext(errors.New("second")) // the first why stays
-			for _, ch := range []<-chan struct{}{done, c.Done(), child.Done()} {
+			c.cancelContext(tt.why) // again: nothing changes
+			for _, ch := range []<-chan struct{}{done, c.Done(), child.Done(), more[0].Done(), more[1].Done(), more[2].Done()} {
 				select {
 				case <-ch:
 				case <-time.After(5 * time.Second):
@@ -504,6 +512,7 @@ func TestOwnContext(t *testing.T) {
 	}
 	t.Run("Done asked for after cancellation", func(t *testing.T) {
 		c := ownCall()
+		c.phase.Store(phaseCutInHeader)
 		c.cancelContext(errCut)
 		select {
 		case <-c.Done():

@@ -262,7 +262,8 @@ func TestSweepRepeatsCancellationUntilTheRoundTripReturns(t *testing.T) {
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
-	c := &call{o: o, direct: tr, inner: context.Background()}
+	o.tracker = newTracker(o, tr)
+	c := &call{o: o, fast: true, inner: context.Background()}
 	c.req.Store(req)
 	c.phase.Store(phaseTimeoutInHeader) // failed before the round trip began
 	seq, _ := o.admit()

@@ -27,30 +27,41 @@ var _ afterFuncer = (*call)(nil)
 // ownDone returns the own mode's Done channel, which it makes when first asked for: closed
 // already if the context was cancelled before.
 func (c *call) ownDone() <-chan struct{} {
-	if d, ok := c.doneCh.Load().(chan struct{}); ok {
-		return d
+	if c.made.Load() {
+		return c.ch
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	d, ok := c.doneCh.Load().(chan struct{})
-	if !ok {
-		d = make(chan struct{})
-		if c.why != nil {
-			close(d)
+	if !c.made.Load() {
+		c.ch = make(chan struct{})
+		if c.ended {
+			close(c.ch)
 		}
-		c.doneCh.Store(d)
+		c.made.Store(true)
 	}
-	return d
+	return c.ch
+}
+
+// ownCause returns why the own mode's context was cancelled (the call's failure), or nil
+// while it was not.
+func (c *call) ownCause() error {
+	c.mu.Lock()
+	ended := c.ended
+	c.mu.Unlock()
+	if !ended {
+		return nil
+	}
+	if f := c.failure(); f != nil {
+		return f
+	}
+	return context.Canceled
 }
 
 // ownErr returns the own mode's Err: context.DeadlineExceeded if a deadline cancelled it,
 // context.Canceled if stop did, nil while it runs.
 func (c *call) ownErr() error {
-	c.mu.Lock()
-	why := c.why
-	c.mu.Unlock()
 	var te *timeoutError
-	switch {
+	switch why := c.ownCause(); {
 	case why == nil:
 		return nil
 	case errors.As(why, &te):
@@ -73,15 +84,18 @@ func (c *call) AfterFunc(f func()) func() bool {
 		return context.AfterFunc(c.inner, f)
 	}
 	c.mu.Lock()
-	if c.why != nil {
+	if c.ended {
 		c.mu.Unlock()
 		go f() // as context.AfterFunc: the caller may hold a lock that f takes
 		return stopNothing
 	}
-	if c.after == nil {
+	switch {
+	case c.after == nil:
 		c.after = f
-	} else {
-		c.more = append(c.more, f)
+	case c.more == nil:
+		c.more = &[]func(){f}
+	default:
+		*c.more = append(*c.more, f)
 	}
 	c.mu.Unlock()
 	return stopNothing
@@ -90,9 +104,10 @@ func (c *call) AfterFunc(f func()) func() bool {
 // stopNothing is the stop of every AfterFunc of a call.
 func stopNothing() bool { return false }
 
-// cancelContext cancels the call's context with why, in the own and cancel modes; in the
-// own mode it closes Done and runs what AfterFunc registered, outside the call's lock. Calls
-// after the first keep the first why.
+// cancelContext cancels the call's context, in the own and cancel modes, with the call's
+// failure as its cause (the phase has moved to one before: the cancel mode is given it as
+// why); in the own mode it closes Done and runs what AfterFunc registered, outside the call's
+// lock. It may be called again: it runs what was registered since.
 func (c *call) cancelContext(why error) {
 	if c.cancel != nil {
 		c.cancel(why)
@@ -101,14 +116,11 @@ func (c *call) cancelContext(why error) {
 	if !c.own {
 		return
 	}
-	if why == nil {
-		why = context.Canceled
-	}
 	c.mu.Lock()
-	if c.why == nil {
-		c.why = why
-		if d, ok := c.doneCh.Load().(chan struct{}); ok {
-			close(d)
+	if !c.ended {
+		c.ended = true
+		if c.made.Load() {
+			close(c.ch)
 		}
 	}
 	f, more := c.after, c.more
@@ -117,8 +129,10 @@ func (c *call) cancelContext(why error) {
 	if f != nil {
 		f()
 	}
-	for _, f := range more {
-		f()
+	if more != nil {
+		for _, f := range *more {
+			f()
+		}
 	}
 }
 
@@ -126,10 +140,7 @@ func (c *call) cancelContext(why error) {
 // one, it returns its cause.
 func causeOf(ctx context.Context) error {
 	if c, ok := ctx.(*call); ok && c.own {
-		c.mu.Lock()
-		why := c.why
-		c.mu.Unlock()
-		if why != nil {
+		if why := c.ownCause(); why != nil {
 			return why
 		}
 	}

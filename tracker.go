@@ -226,11 +226,11 @@ func (t *tracker) prepare(c *call, req *http.Request) *http.Request {
 	}
 	switch {
 	case withBody && rht > 0:
-		c.trace = &httptrace.ClientTrace{WroteRequest: c.wroteRequest}
+		trace := &httptrace.ClientTrace{WroteRequest: c.wroteRequest}
 		if h != nil {
-			c.trace.GotConn = h.trace.GotConn
+			trace.GotConn = h.trace.GotConn
 		}
-		c.inner = c.withTrace(parent, c.trace)
+		c.inner = c.withTrace(parent, trace)
 	case h != nil:
 		if o.traceKey != nil && httptrace.ContextClientTrace(parent) == nil {
 			c.tr = &h.trace // shared: nothing composes with it
@@ -241,7 +241,7 @@ func (t *tracker) prepare(c *call, req *http.Request) *http.Request {
 	if c.endBy != 0 || rht > 0 { // the modes of call.go
 		switch {
 		case t.fast(req.URL.Scheme) && (c.up == nil || c.up.slots == nil): // slots wait on the context
-			c.direct = t.transport
+			c.fast = true
 		case t.transport != nil && c.inner.Done() == nil:
 			c.own = true
 		default:
