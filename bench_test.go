@@ -8,6 +8,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,9 +19,9 @@ import (
 )
 
 // The benchmarks below compare the owned httpfx client with a raw *http.Transport built with
-// the same Config values, over loopback test servers. Names are
-// BenchmarkClient/<proto>/<seq|par>/<httpfx|raw>, so that benchstat can put the two side by
-// side:
+// the same Config values (raw) and with the cheapest pooled one, without timeouts (rawtuned,
+// twice: rawtunedAA is the A/A control), over loopback test servers. Names are
+// BenchmarkClient/<proto>/<seq|par>/<variant>, so that benchstat can put them side by side:
 //
 //	go test -bench . -benchmem -run '^$' -count 10 . | tee new.txt
 //
@@ -57,10 +60,22 @@ type benchVariant struct {
 	build func(tb testing.TB, roots *x509.CertPool) benchClient
 }
 
+// benchVariants are the clients compared. rawtunedAA is the A/A control: rawtuned again,
+// built the same way, so that its ratio to rawtuned is the noise of the run.
 var benchVariants = []benchVariant{
 	{name: "httpfx", build: buildHTTPFX},
 	{name: "raw", build: buildRaw},
 	{name: "rawtuned", build: buildRawTuned},
+	{name: "rawtunedAA", build: buildRawTuned},
+}
+
+// benchOrder returns benchVariants rotated left by $HTTPFX_BENCH_ROTATE (a number; default 0),
+// so that runs of the benchmarks can take turns at which variant runs first in each group:
+// the bench's inpkg part rotates by one each run, against any effect of the position.
+func benchOrder() []benchVariant {
+	k, _ := strconv.Atoi(os.Getenv("HTTPFX_BENCH_ROTATE"))
+	k = (k%len(benchVariants) + len(benchVariants)) % len(benchVariants)
+	return append(slices.Clone(benchVariants[k:]), benchVariants[:k]...)
 }
 
 // buildHTTPFX builds the owned client with DefaultConfig, trusting roots, and stops it with
@@ -135,7 +150,7 @@ func BenchmarkClient(b *testing.B) {
 					sched = "par"
 				}
 				b.Run(sched, func(b *testing.B) {
-					for _, v := range benchVariants {
+					for _, v := range benchOrder() {
 						b.Run(v.name, func(b *testing.B) { benchGets(b, p, h, parallel, v) })
 					}
 				})

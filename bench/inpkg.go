@@ -18,8 +18,10 @@ import (
 // The inpkg part runs the core module's in-package benchmarks (../bench_test.go): it builds
 // the test binary once and runs it inpkgPlan.runs times, so that every benchmark of one run is
 // measured close in time to the others and runs pair their variants, as blocks do in the warm
-// part. A benchmark named Benchmark<group>/<variant> is compared with the variant "raw" of its
-// group (a raw transport with httpfx's settings), if there is one.
+// part. Each run rotates the order of the variants by one (HTTPFX_BENCH_ROTATE), so that none
+// always runs first. A benchmark named Benchmark<group>/<variant> is compared with the variant
+// "rawtuned" of its group (the cheapest pooled transport, without timeouts); "rawtunedAA", the
+// same client again, is the A/A control.
 
 // inpkgPlan sizes the inpkg part.
 type inpkgPlan struct {
@@ -27,8 +29,12 @@ type inpkgPlan struct {
 	benchtime string // -test.benchtime of each run, e.g. "2000x"
 }
 
-// inpkgBase is the variant of a benchmark group that in-package ratios are relative to.
-const inpkgBase = "raw"
+// inpkgBase is the variant of a benchmark group that in-package ratios are relative to, and
+// inpkgAA its A/A control.
+const (
+	inpkgBase = "rawtuned"
+	inpkgAA   = "rawtunedAA"
+)
 
 // benchSample is one benchmark's result in one run.
 type benchSample struct {
@@ -68,13 +74,14 @@ func runInpkg(ctx context.Context, ip inpkgPlan) (inpkgResult, error) {
 	}
 	defer os.RemoveAll(tmp)
 	bin := filepath.Join(tmp, "httpfx.test")
-	if out, err := runTool(ctx, 5*time.Minute, core, goTool, "test", "-c", "-o", bin, "."); err != nil {
+	if out, err := runTool(ctx, 5*time.Minute, core, nil, goTool, "test", "-c", "-o", bin, "."); err != nil {
 		return res, fmt.Errorf("go test -c: %w\n%s", err, out)
 	}
 	args := []string{"-test.run", "^$", "-test.bench", ".", "-test.benchmem", "-test.benchtime", ip.benchtime}
-	res.command = fmt.Sprintf("go test -c -o httpfx.test . && %d × ./httpfx.test %s (in the repository root)", ip.runs, strings.Join(args, " "))
+	res.command = fmt.Sprintf("go test -c -o httpfx.test . && for k in $(seq 0 %d); do HTTPFX_BENCH_ROTATE=$k ./httpfx.test %s; done (in the repository root)",
+		ip.runs-1, strings.Join(args, " "))
 	for run := range ip.runs {
-		out, err := runTool(ctx, 5*time.Minute, core, bin, args...)
+		out, err := runTool(ctx, 5*time.Minute, core, []string{fmt.Sprintf("HTTPFX_BENCH_ROTATE=%d", run)}, bin, args...)
 		if err != nil {
 			return res, fmt.Errorf("run %d: %w\n%s", run+1, err, out)
 		}
@@ -85,12 +92,16 @@ func runInpkg(ctx context.Context, ip inpkgPlan) (inpkgResult, error) {
 	return res, nil
 }
 
-// runTool runs name with args in dir, bounded by timeout, and returns its combined output.
-func runTool(ctx context.Context, timeout time.Duration, dir, name string, args ...string) ([]byte, error) {
+// runTool runs name with args in dir, with env added to the environment, bounded by timeout,
+// and returns its combined output.
+func runTool(ctx context.Context, timeout time.Duration, dir string, env []string, name string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	return cmd.CombinedOutput()
 }
 

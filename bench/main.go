@@ -122,7 +122,7 @@ func fullPlan() plan {
 			minN:    1500, perConc: 30, maxN: 8192,
 			noisyCPU: 0.20, maxRetries: 1, retryBudget: 20 * time.Second,
 		},
-		inpkg: inpkgPlan{runs: 6, benchtime: "2000x"},
+		inpkg: inpkgPlan{runs: 16, benchtime: "2000x"},
 	}
 }
 

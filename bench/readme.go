@@ -83,6 +83,9 @@ func (r *report) findings() []string {
 	if r.plan.parts.has(partCells) {
 		out = append(out, r.cellFindings()...)
 	}
+	if r.plan.parts.has(partInpkg) && r.inpkg.skipped == "" {
+		out = append(out, r.inpkgFinding())
+	}
 	out = append(out, r.noiseFinding(), r.errorFinding())
 	return out
 }
