@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -544,5 +546,71 @@ func TestOwnedTransportFastModes(t *testing.T) {
 			t.Errorf("DisableHTTP2 %v: fast mode for http %v, https %v; want true, %v", tt.give, tr.fastHTTP, tr.fastHTTPS, tt.wantHTTPS)
 		}
 		Shutdown(context.Background(), res.Client)
+	}
+}
+
+// A request carries one trace with every hook it needs: health's check of the connection, the
+// observation's, the header clock's (with a body), and a caller's own trace still runs too.
+func TestOneTraceRunsEveryHook(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(w, r.Body) }))
+	defer srv.Close()
+	tests := []struct {
+		give       string
+		body       bool // a POST with a rewindable body
+		callerHook bool // the caller's context has an httptrace of its own
+	}{
+		{give: "GET"},
+		{give: "POST", body: true},
+		{give: "GET with the caller's trace", callerHook: true},
+		{give: "POST with the caller's trace", body: true, callerHook: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.give, func(t *testing.T) {
+			rec := new(recObserver)
+			res, err := New(Params{Config: DefaultConfig(), Observers: []Observer{rec}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer Shutdown(context.Background(), res.Client)
+			o := ownerOf(res.Client)
+			var callerSaw, wrote []bool
+			for range 2 {
+				ctx := context.Background()
+				if tt.callerHook {
+					ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+						GotConn: func(info httptrace.GotConnInfo) { callerSaw = append(callerSaw, info.Reused) }})
+				}
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+				if tt.body {
+					req, _ = http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, strings.NewReader("x"))
+				}
+				resp, err := res.Client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				wrote = append(wrote, callOf(resp.Request.Context()).hdrBy.Load() > 0)
+			}
+			rec.mu.Lock()
+			evs := slices.Clone(rec.evs)
+			rec.mu.Unlock()
+			if len(evs) != 2 || evs[0].Reused || !evs[1].Reused {
+				t.Errorf("observer saw %+v; want a new connection, then it reused", evs)
+			}
+			o.conns.mu.Lock()
+			for c := range o.conns.conns {
+				if c.proto.Load() != protoH1 {
+					t.Errorf("connection's protocol %d: health's hook did not run", c.proto.Load())
+				}
+			}
+			o.conns.mu.Unlock()
+			if tt.callerHook && !slices.Equal(callerSaw, []bool{false, true}) {
+				t.Errorf("the caller's hook saw %v, want [false true]", callerSaw)
+			}
+			if tt.body && !slices.Equal(wrote, []bool{true, true}) {
+				t.Errorf("header clock started at the write: %v, want [true true]", wrote)
+			}
+		})
 	}
 }

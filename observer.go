@@ -214,20 +214,22 @@ type obsReq struct {
 	start time.Time
 	trace httptrace.ClientTrace
 	conn  *trackedConn    // the connection of the owned transport the request holds; nil if none
+	check *health         // health's check of the connection the request gets; nil if none
 	got   bool            // GotConn came: the request no longer waits
 	ctx   context.Context // the context the request was sent with; nil before its response
 }
 
-// begin starts observing a request just admitted, returning the observation and req with an
-// httptrace hook for its connection. With no observers it returns nil and req.
-func (s *observers) begin(req *http.Request, up *upstream) (*obsReq, *http.Request) {
+// begin starts observing a request just admitted, returning the observation, whose trace
+// the request must carry (the tracker adds its own hooks to it). With no observers it
+// returns nil.
+func (s *observers) begin(req *http.Request, up *upstream) *obsReq {
 	if s == nil {
-		return nil, req
+		return nil
 	}
 	return s.start(req, up)
 }
 
-func (s *observers) start(req *http.Request, up *upstream) (*obsReq, *http.Request) {
+func (s *observers) start(req *http.Request, up *upstream) *obsReq {
 	r := &obsReq{s: s, start: time.Now()}
 	u := req.URL
 	r.ev.Method, r.ev.Scheme, r.ev.Host = req.Method, u.Scheme, u.Hostname()
@@ -249,12 +251,15 @@ func (s *observers) start(req *http.Request, up *upstream) (*obsReq, *http.Reque
 	for _, x := range s.list {
 		x.RequestStarted(r.ev)
 	}
-	return r, req.WithContext(httptrace.WithClientTrace(req.Context(), &r.trace))
+	return r
 }
 
 // gotConn is the request's httptrace hook: it notes the connection the request got. net/http
 // calls it on the request's goroutine, again if it retries on another connection.
 func (r *obsReq) gotConn(info httptrace.GotConnInfo) {
+	if r.check != nil {
+		r.check.gotConn(info) // first, as when the two hooks were composed
+	}
 	if !r.got {
 		r.got = true
 		r.s.stats.states.waiting.Add(-1)
