@@ -333,7 +333,6 @@ func (r *obsReq) classify(err error) ErrorClass {
 
 // classify returns the class of err, "" for nil.
 func classify(err error) ErrorClass {
-	var ne net.Error
 	switch {
 	case err == nil:
 		return ""
@@ -341,12 +340,19 @@ func classify(err error) ErrorClass {
 		return ErrorClosed
 	case errors.Is(err, context.Canceled):
 		return ErrorCanceled
-	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+	case isTimeout(err):
 		return ErrorTimeout
 	case isConnError(err):
 		return ErrorConnection
 	}
 	return ErrorOther
+}
+
+// isTimeout reports whether err is a timeout. Apart from classify, so that a request that
+// went well does not allocate the net.Error that errors.As needs.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // isConnError reports whether err is an error of making or keeping a connection.
