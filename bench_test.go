@@ -137,6 +137,19 @@ func buildRawTuned(tb testing.TB, roots *x509.CertPool) benchClient {
 	return benchClient{client: &http.Client{Transport: t}, stop: func(testing.TB) { t.CloseIdleConnections() }}
 }
 
+// benchScheds are how the callers send: one after another (seq) or in parallel (par), with a
+// context that never ends, or in parallel each with a context of its own that can end
+// (par-ctx), as a server's handlers pass their request's.
+var benchScheds = []struct {
+	name     string
+	parallel bool
+	ctx      bool
+}{
+	{name: "seq"},
+	{name: "par", parallel: true},
+	{name: "par-ctx", parallel: true, ctx: true},
+}
+
 // BenchmarkClient measures one GET of a ~100-byte body through httpfx's owned client and
 // through a raw transport with the same settings, sequentially and from parallel callers,
 // over HTTP/1.1, TLS with HTTP/1.1 and TLS with HTTP/2.
@@ -144,14 +157,10 @@ func BenchmarkClient(b *testing.B) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(benchBody) })
 	for _, p := range benchProtos {
 		b.Run(p.name, func(b *testing.B) {
-			for _, parallel := range []bool{false, true} {
-				sched := "seq"
-				if parallel {
-					sched = "par"
-				}
-				b.Run(sched, func(b *testing.B) {
+			for _, sched := range benchScheds {
+				b.Run(sched.name, func(b *testing.B) {
 					for _, v := range benchOrder() {
-						b.Run(v.name, func(b *testing.B) { benchGets(b, p, h, parallel, v) })
+						b.Run(v.name, func(b *testing.B) { benchGets(b, p, h, sched.parallel, sched.ctx, v) })
 					}
 				})
 			}
@@ -160,10 +169,11 @@ func BenchmarkClient(b *testing.B) {
 }
 
 // benchGets runs one benchmark: a fresh server and client, one warm-up request that checks
-// the negotiated protocol, b.N timed requests, then the client is stopped and the server is
-// waited for until it has seen every connection close (so a client that leaks connections
-// fails here), before the server is closed by the cleanup.
-func benchGets(b *testing.B, p benchProto, h http.Handler, parallel bool, v benchVariant) {
+// the negotiated protocol, b.N timed requests (each with a context of its own that can end, if
+// withCtx), then the client is stopped and the server is waited for until it has seen every
+// connection close (so a client that leaks connections fails here), before the server is
+// closed by the cleanup.
+func benchGets(b *testing.B, p benchProto, h http.Handler, parallel, withCtx bool, v benchVariant) {
 	u := p.start(b, h)
 	var roots *x509.CertPool
 	if u.TLS != nil {
@@ -199,7 +209,7 @@ func benchGets(b *testing.B, p benchProto, h http.Handler, parallel bool, v benc
 		b.SetParallelism(benchParallelism)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				if err := benchGet(c.client, u.URL); err != nil {
+				if err := benchGetCtx(c.client, u.URL, withCtx); err != nil {
 					b.Error(err)
 					return
 				}
@@ -207,7 +217,7 @@ func benchGets(b *testing.B, p benchProto, h http.Handler, parallel bool, v benc
 		})
 	} else {
 		for i := 0; i < b.N; i++ {
-			if err := benchGet(c.client, u.URL); err != nil {
+			if err := benchGetCtx(c.client, u.URL, withCtx); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -219,9 +229,32 @@ func benchGets(b *testing.B, p benchProto, h http.Handler, parallel bool, v benc
 	waitFor(b, "server sees all client connections closed", func() bool { return u.open() == 0 })
 }
 
+// benchGetCtx is benchGet, with a context of its own that can end if withCtx.
+func benchGetCtx(c *http.Client, url string, withCtx bool) error {
+	if !withCtx {
+		return benchGet(c, url)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	return benchDo(c, req)
+}
+
 // benchGet sends one GET and reads and closes the body, as a well-behaved caller does.
 func benchGet(c *http.Client, url string) error {
-	resp, err := c.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	return benchDo(c, req)
+}
+
+// benchDo sends req and reads and closes the body.
+func benchDo(c *http.Client, req *http.Request) error {
+	resp, err := c.Do(req)
 	if err != nil {
 		return err
 	}

@@ -18,9 +18,11 @@ import (
 
 // deadlineMode is one way a request's deadlines are enforced (call.go): the fast mode (HTTP/1.1
 // straight to the transport, which cancels the request: plain HTTP, or HTTPS with HTTP/2 off),
-// the own mode (HTTPS with HTTP/1.1 or HTTP/2 straight to the transport: the call is the
-// cancellable context) and the cancel mode (through a wrapped round tripper, or under a
-// caller's context that can end: a cancellable context of context's own).
+// the channel mode (HTTPS straight to the transport to a host known to speak HTTP/2: the
+// request's Cancel), the own mode (HTTPS straight to the transport to a host not known yet, or
+// speaking HTTP/1.1: the call is the cancellable context) and the cancel mode (through a
+// wrapped round tripper, or under a caller's context that can end: a cancellable context of
+// context's own).
 type deadlineMode struct {
 	name    string
 	start   func(testing.TB, http.Handler) *upstream
@@ -28,6 +30,7 @@ type deadlineMode struct {
 	noHTTP2 bool // Config.DisableHTTP2
 	wrapped bool // a round tripper decorates the transport
 	ending  bool // the caller's context can end (it does not during the test)
+	warm    bool // a request to the host first, so that the cold-start gate knows it
 }
 
 var deadlineModes = []deadlineMode{
@@ -38,6 +41,9 @@ var deadlineModes = []deadlineMode{
 	{name: "http-wrapped", start: newUpstream, wrapped: true},
 	{name: "h2-wrapped", start: newH2TLSUpstream, tls: true, wrapped: true},
 	{name: "h2-ending-context", start: newH2TLSUpstream, tls: true, ending: true},
+	{name: "h2-known", start: newH2TLSUpstream, tls: true, warm: true},
+	{name: "h2-known-ending-context", start: newH2TLSUpstream, tls: true, warm: true, ending: true},
+	{name: "https-known", start: newH1TLSUpstream, tls: true, warm: true},
 	{name: "https-ending-context", start: newH1TLSUpstream, tls: true, ending: true},
 }
 
@@ -80,7 +86,7 @@ func TestDeadlinesInEveryMode(t *testing.T) {
 	for _, m := range deadlineModes {
 		for _, tt := range tests {
 			t.Run(m.name+"/"+tt.give, func(t *testing.T) {
-				u := m.start(t, tt.handler)
+				u := m.start(t, warmable(tt.handler))
 				edit := func(c *httpfx.Config) {
 					c.Timeout, c.ResponseHeaderTimeout = tt.timeout, tt.headers
 					c.DisableHTTP2 = m.noHTTP2
@@ -94,6 +100,9 @@ func TestDeadlinesInEveryMode(t *testing.T) {
 				}
 				app, g := relApp(t, edit, opts...)
 				defer app.RequireStop()
+				if m.warm {
+					warmUp(t, g.Client, u.URL, m.name == "h2-known" || m.name == "h2-known-ending-context")
+				}
 
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
@@ -133,6 +142,36 @@ func TestDeadlinesInEveryMode(t *testing.T) {
 	}
 }
 
+// warmable answers a request with the header X-Warm at once, and passes the others to h.
+func warmable(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Warm") != "" {
+			io.WriteString(w, "warm")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// warmUp sends two requests that warmable answers, so that the cold-start gate knows the host;
+// the second is sent in the channel mode (with a Cancel) if and only if channel.
+func warmUp(t *testing.T, c *http.Client, url string, channel bool) {
+	t.Helper()
+	for i := range 2 {
+		req := newGet(t, url)
+		req.Header.Set("X-Warm", "1")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("warm-up: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if got := resp.Request.Cancel != nil; i == 1 && got != channel {
+			t.Fatalf("warm-up over %s: channel mode %v, want %v", resp.Proto, got, channel)
+		}
+	}
+}
+
 // slowReader is a request body that cannot be rewound, sent in parts with a pause before each.
 type slowReader struct {
 	parts int
@@ -153,7 +192,7 @@ func (r *slowReader) Read(p []byte) (int, error) {
 func TestTimeoutRacingTheRoundTrip(t *testing.T) {
 	hang := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
 	for _, m := range deadlineModes {
-		if m.ending { // the same as its mode with a context that never ends, here
+		if m.ending || m.warm { // the same as its mode with a context that never ends, here; warm: TestChannelModeRacingTheRoundTrip
 			continue
 		}
 		t.Run(m.name, func(t *testing.T) {
