@@ -26,13 +26,6 @@ import (
 //   - The fast mode, for HTTP/1.1 sent straight to an *http.Transport (plain HTTP, or HTTPS
 //     when the transport has HTTP/2 off): the sweeper has the transport cancel the request,
 //     and the context stays the caller's. No allocation.
-//   - The channel mode, for HTTPS sent straight to an *http.Transport to a host that speaks
-//     HTTP/2 (the cold-start gate knows it from its first connection), under any context:
-//     the request carries a channel of its own as Request.Cancel, which HTTP/2 streams watch
-//     as they watch the context; the sweeper closes it, and the context stays the caller's.
-//     One allocation. (Request.Cancel is deprecated but honoured by net/http's HTTP/2 and,
-//     through a goroutine of net/http's per request, its HTTP/1.1: a request the guess sends
-//     over HTTP/1.1 is still bounded, at that cost.)
 //   - The own mode, for the rest sent straight to an *http.Transport (HTTPS that may be
 //     HTTP/2) under a caller's context that never ends: c is itself the cancellable context.
 //     Its Done channel is made when first asked for, and net/http's per-request context
@@ -63,15 +56,12 @@ type call struct {
 	done     atomic.Bool // end has run
 	slot     bool        // it holds one of its upstream's MaxConnsPerHost slots
 	fast     bool        // the fast mode: the owner's tracker's transport cancels the request
-	channel  bool        // the channel mode: ch is the request's Cancel
 	own      bool        // the own mode: c is the cancellable context (ownctx.go)
-	made     atomic.Bool // the own and channel modes': ch is made
-	ended    bool        // the own and channel modes': ch is closed, or to be (guarded by mu); the cause is failure()
-	known    bool        // the HTTP/2 cold-start gate knows the request's host
+	made     atomic.Bool // the own mode's: ch is made
+	ended    bool        // the own mode's: the context was cancelled (guarded by mu); its cause is failure()
 
-	// The own and channel modes', guarded by mu: the channel Done returns (own: made when first
-	// asked for) or the request's Cancel (channel), and what AfterFunc registered, run at
-	// cancellation.
+	// The own mode's, guarded by mu: the channel Done returns, made when first asked for, and
+	// what AfterFunc registered, run at cancellation.
 	mu    sync.Mutex
 	ch    chan struct{}
 	after func()
@@ -288,7 +278,7 @@ func (c *call) fail(from, to int32) {
 func (c *call) stopRoundTrip() {
 	switch {
 	case c.returned.Load():
-	case c.cancel != nil || c.own || c.channel:
+	case c.cancel != nil || c.own:
 		c.cancelContext(c.failure())
 	case c.fast:
 		if r := c.req.Load(); r != nil {

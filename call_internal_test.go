@@ -356,9 +356,8 @@ func newModeClient(t *testing.T, mode string, cfg Config, obs Observer) *http.Cl
 }
 
 // Each request with a deadline takes the cheapest mode that can reach it (call.go): the fast
-// mode for HTTP/1.1 sent straight to an *http.Transport, the channel mode for HTTPS sent
-// straight to it to a host known to speak HTTP/2, the own mode for the rest sent straight to it
-// under a context that never ends, the cancel mode otherwise.
+// mode for HTTP/1.1 sent straight to an *http.Transport, the own mode for the rest sent straight
+// to it under a context that never ends, the cancel mode otherwise.
 func TestDeadlineModeChosen(t *testing.T) {
 	res, err := New(Params{Config: DefaultConfig()})
 	if err != nil {
@@ -366,8 +365,6 @@ func TestDeadlineModeChosen(t *testing.T) {
 	}
 	defer Shutdown(context.Background(), res.Client)
 	o := ownerOf(res.Client)
-	known := map[string]bool{"h2.test": true, "h1.test": false} // as the cold-start gate learns them
-	o.gate.known.Store(&known)
 	noH2 := func() map[string]func(string, *tls.Conn) http.RoundTripper {
 		return map[string]func(string, *tls.Conn) http.RoundTripper{}
 	}
@@ -387,8 +384,7 @@ func TestDeadlineModeChosen(t *testing.T) {
 		ctx       context.Context
 		noTimeout bool   // Timeout and ResponseHeaderTimeout are off
 		slots     bool   // sent by an upstream with MaxConnsPerHost
-		cancelCh  bool   // the caller set Request.Cancel
-		want      string // fast, channel, own, cancel or none
+		want      string // fast, own, cancel or none
 	}{
 		{give: "http", next: &http.Transport{}, url: "http://a.test/", want: "fast"},
 		{give: "http, caller's context can end", next: &http.Transport{}, url: "http://a.test/", ctx: ending, want: "fast"},
@@ -401,12 +397,7 @@ func TestDeadlineModeChosen(t *testing.T) {
 		{give: "https, Protocols with HTTP/2", next: &http.Transport{Protocols: protocols(true, false), TLSNextProto: noH2()}, url: "https://a.test/", want: "own"},
 		{give: "https, TLSNextProto with another protocol", next: &http.Transport{Protocols: protocols(false, false),
 			TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{"x": nil}}, url: "https://a.test/", want: "own"},
-		{give: "https to an HTTP/2 host", next: &http.Transport{}, url: "https://h2.test/", want: "channel"},
-		{give: "https to an HTTP/2 host, caller's context can end", next: &http.Transport{}, url: "https://h2.test/", ctx: ending, want: "channel"},
-		{give: "https to an HTTP/2 host, caller's Request.Cancel", next: &http.Transport{}, url: "https://h2.test/", cancelCh: true, want: "own"},
-		{give: "https to an HTTP/2 host, upstream with MaxConnsPerHost", next: &http.Transport{}, url: "https://h2.test/", slots: true, want: "own"},
-		{give: "https to an HTTP/2 host, wrapped", next: passThrough{&http.Transport{}}, url: "https://h2.test/", want: "cancel"},
-		{give: "https to an HTTP/1.1 host", next: &http.Transport{}, url: "https://h1.test/", want: "own"},
+		{give: "https, upstream with MaxConnsPerHost", next: &http.Transport{}, url: "https://a.test/", slots: true, want: "own"},
 		{give: "wrapped", next: passThrough{&http.Transport{}}, url: "http://a.test/", want: "cancel"},
 		{give: "no deadline", next: &http.Transport{}, url: "https://a.test/", noTimeout: true, want: "none"},
 	}
@@ -417,9 +408,6 @@ func TestDeadlineModeChosen(t *testing.T) {
 				ctx = context.Background()
 			}
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, tt.url, nil)
-			if tt.cancelCh {
-				req.Cancel = make(chan struct{})
-			}
 			c := &call{o: o}
 			if tt.slots {
 				c.up = &upstream{timeout: time.Second, slots: make(chan struct{}, 1)}
@@ -429,16 +417,11 @@ func TestDeadlineModeChosen(t *testing.T) {
 			if tt.noTimeout {
 				o.cfg.Timeout, o.cfg.ResponseHeaderTimeout = 0, 0
 			}
-			r := newTracker(o, tt.next).prepare(c, req)
+			newTracker(o, tt.next).prepare(c, req)
 			got := "none"
 			switch {
 			case c.fast:
 				got = "fast"
-			case c.channel:
-				got = "channel"
-				if r.Cancel == nil || r.Cancel != (<-chan struct{})(c.ch) || req.Cancel != nil {
-					t.Error("the request sent does not carry the call's channel as Cancel, or the caller's was changed")
-				}
 			case c.own:
 				got = "own"
 			case c.cancel != nil:
@@ -634,9 +617,9 @@ func TestOneTraceRunsEveryHook(t *testing.T) {
 	}
 }
 
-// In the channel mode too (the host is known to speak HTTP/2), a deadline that passes at once
-// races net/http: every request fails with the timeout, none hangs.
-func TestChannelModeRacingTheRoundTrip(t *testing.T) {
+// To a host the cold-start gate knows speaks HTTP/2 (no gate, the own mode), a deadline that
+// passes at once races net/http: every request fails with the timeout, none hangs.
+func TestKnownHTTP2HostRacingTheRoundTrip(t *testing.T) {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
@@ -654,7 +637,7 @@ func TestChannelModeRacingTheRoundTrip(t *testing.T) {
 	res.Transport.TLSClientConfig.RootCAs = x509.NewCertPool() // before first use
 	res.Transport.TLSClientConfig.RootCAs.AddCert(srv.Certificate())
 	host := strings.TrimPrefix(srv.URL, "https://")
-	known := map[string]bool{host: true} // as the gate learns it from a first connection
+	known := map[string]struct{}{host: {}} // as the gate learns it from a first connection
 	o.gate.known.Store(&known)
 	for range 30 {
 		req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)

@@ -18,11 +18,10 @@ import (
 
 // deadlineMode is one way a request's deadlines are enforced (call.go): the fast mode (HTTP/1.1
 // straight to the transport, which cancels the request: plain HTTP, or HTTPS with HTTP/2 off),
-// the channel mode (HTTPS straight to the transport to a host known to speak HTTP/2: the
-// request's Cancel), the own mode (HTTPS straight to the transport to a host not known yet, or
-// speaking HTTP/1.1: the call is the cancellable context) and the cancel mode (through a
-// wrapped round tripper, or under a caller's context that can end: a cancellable context of
-// context's own).
+// the own mode (HTTPS with HTTP/1.1 or HTTP/2 straight to the transport: the call is the
+// cancellable context; to a host the cold-start gate knows or not) and the cancel mode
+// (through a wrapped round tripper, or under a caller's context that can end: a cancellable
+// context of context's own).
 type deadlineMode struct {
 	name    string
 	start   func(testing.TB, http.Handler) *upstream
@@ -101,7 +100,7 @@ func TestDeadlinesInEveryMode(t *testing.T) {
 				app, g := relApp(t, edit, opts...)
 				defer app.RequireStop()
 				if m.warm {
-					warmUp(t, g.Client, u.URL, m.name == "h2-known" || m.name == "h2-known-ending-context")
+					warmUp(t, g.Client, u.URL)
 				}
 
 				ctx, cancel := context.WithCancel(context.Background())
@@ -153,11 +152,11 @@ func warmable(h http.Handler) http.Handler {
 	})
 }
 
-// warmUp sends two requests that warmable answers, so that the cold-start gate knows the host;
-// the second is sent in the channel mode (with a Cancel) if and only if channel.
-func warmUp(t *testing.T, c *http.Client, url string, channel bool) {
+// warmUp sends two requests that warmable answers, so that the cold-start gate knows the host
+// and the requests after take the steady state's path.
+func warmUp(t *testing.T, c *http.Client, url string) {
 	t.Helper()
-	for i := range 2 {
+	for range 2 {
 		req := newGet(t, url)
 		req.Header.Set("X-Warm", "1")
 		resp, err := c.Do(req)
@@ -166,9 +165,6 @@ func warmUp(t *testing.T, c *http.Client, url string, channel bool) {
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if got := resp.Request.Cancel != nil; i == 1 && got != channel {
-			t.Fatalf("warm-up over %s: channel mode %v, want %v", resp.Proto, got, channel)
-		}
 	}
 }
 
@@ -192,7 +188,7 @@ func (r *slowReader) Read(p []byte) (int, error) {
 func TestTimeoutRacingTheRoundTrip(t *testing.T) {
 	hang := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
 	for _, m := range deadlineModes {
-		if m.ending || m.warm { // the same as its mode with a context that never ends, here; warm: TestChannelModeRacingTheRoundTrip
+		if m.ending || m.warm { // the same as its mode with a context that never ends, here; warm: TestKnownHTTP2HostRacingTheRoundTrip
 			continue
 		}
 		t.Run(m.name, func(t *testing.T) {

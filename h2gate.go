@@ -25,11 +25,10 @@ import (
 // closes, so that a burst after an idle spell is gated too. A WebSocket upgrade, which
 // net/http sends over an HTTP/1.1 connection of its own, is never gated.
 //
-// A known host costs one atomic load and a map lookup per request; the gate also says whether
-// its first connection spoke HTTP/2, which the tracker uses to choose how to bound the
-// request (call.go). It is safe for concurrent use.
+// A known host costs one atomic load and a map lookup per request. It is safe for concurrent
+// use.
 type h2gate struct {
-	known atomic.Pointer[map[string]bool] // hosts that need no gate, true if they speak HTTP/2; replaced whole on change
+	known atomic.Pointer[map[string]struct{}] // hosts that need no gate; replaced whole on change
 
 	mu      sync.Mutex
 	leading map[string]*h2lead // hosts whose leader is on its way
@@ -39,7 +38,6 @@ type h2gate struct {
 type h2lead struct {
 	done  chan struct{} // closed when the lead ends
 	timer *time.Timer   // ends the lead h2Settle past the leader's connection; nil before
-	h2    atomic.Bool   // the leader's connection negotiated HTTP/2
 }
 
 const (
@@ -80,7 +78,6 @@ func (g *h2gate) enter(req *http.Request) (*http.Request, *h2lead, error) {
 					g.leave(key, l, true)
 					return
 				}
-				l.h2.Store(true)
 				g.mu.Lock()
 				defer g.mu.Unlock()
 				if g.leading[key] == l && l.timer == nil {
@@ -114,9 +111,9 @@ func (g *h2gate) leave(key string, l *h2lead, ok bool) {
 	if ok {
 		m := maps.Clone(g.knownMap())
 		if m == nil {
-			m = make(map[string]bool)
+			m = make(map[string]struct{})
 		}
-		m[key] = l.h2.Load()
+		m[key] = struct{}{}
 		g.known.Store(&m)
 	}
 }
@@ -130,7 +127,7 @@ func (g *h2gate) forget(addr string) {
 		keys = append(keys, host)
 	}
 	m := g.knownMap()
-	var next map[string]bool
+	var next map[string]struct{}
 	for _, k := range keys {
 		if _, ok := m[k]; ok {
 			if next == nil {
@@ -144,7 +141,7 @@ func (g *h2gate) forget(addr string) {
 	}
 }
 
-func (g *h2gate) knownMap() map[string]bool {
+func (g *h2gate) knownMap() map[string]struct{} {
 	if m := g.known.Load(); m != nil {
 		return *m
 	}
@@ -154,16 +151,6 @@ func (g *h2gate) knownMap() map[string]bool {
 func (g *h2gate) isKnown(key string) bool {
 	_, ok := g.knownMap()[key]
 	return ok
-}
-
-// lookup reports whether the host key needs no gate, and whether its first connection spoke
-// HTTP/2. A nil gate knows nothing.
-func (g *h2gate) lookup(key string) (known, h2 bool) {
-	if g == nil {
-		return false, false
-	}
-	h2, known = g.knownMap()[key]
-	return known, h2
 }
 
 // speaksH2 reports whether c negotiated HTTP/2 with ALPN. A connection that does not say (not

@@ -104,17 +104,16 @@ func (c *call) AfterFunc(f func()) func() bool {
 // stopNothing is the stop of every AfterFunc of a call.
 func stopNothing() bool { return false }
 
-// cancelContext cancels the request, in the own, channel and cancel modes, with the call's
+// cancelContext cancels the call's context, in the own and cancel modes, with the call's
 // failure as its cause (the phase has moved to one before: the cancel mode is given it as
-// why): in the own mode it closes Done and runs what AfterFunc registered, outside the call's
-// lock; in the channel mode it closes the request's Cancel. It may be called again: it runs
-// what was registered since.
+// why); in the own mode it closes Done and runs what AfterFunc registered, outside the call's
+// lock. It may be called again: it runs what was registered since.
 func (c *call) cancelContext(why error) {
 	if c.cancel != nil {
 		c.cancel(why)
 		return
 	}
-	if !c.own && !c.channel {
+	if !c.own {
 		return
 	}
 	c.mu.Lock()

@@ -27,8 +27,7 @@ type tracker struct {
 	// transport is next if it is an *http.Transport, not wrapped, else nil. A request with a
 	// deadline sent to it takes the fast mode (call.go) where it speaks only HTTP/1.1: over
 	// plain TCP (fastHTTP, unless it speaks HTTP/2 there) or over TLS too (fastHTTPS, if
-	// HTTP/2 is off); else the channel mode if its host speaks HTTP/2, or the own mode if the
-	// caller's context never ends.
+	// HTTP/2 is off); else the own mode, if the caller's context never ends.
 	transport           *http.Transport
 	fastHTTP, fastHTTPS bool
 }
@@ -109,7 +108,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		req = o.hint.mark(req)
 	}
 	var lead *h2lead
-	if o.gate != nil && req.URL.Scheme == "https" && !c.known {
+	if o.gate != nil && req.URL.Scheme == "https" {
 		var err error
 		if req, lead, err = o.gate.enter(req); err != nil {
 			return nil, c.endEarly(req, err)
@@ -250,18 +249,10 @@ func (t *tracker) prepare(c *call, req *http.Request) *http.Request {
 			c.inner = h.traced(parent)
 		}
 	}
-	h2 := false
-	if req.URL.Scheme == "https" {
-		c.known, h2 = o.gate.lookup(req.URL.Host)
-	}
 	if c.endBy != 0 || rht > 0 { // the modes of call.go
-		noWait := c.up == nil || c.up.slots == nil // an upstream's slots wait on the context
 		switch {
-		case t.fast(req.URL.Scheme) && noWait:
+		case t.fast(req.URL.Scheme) && (c.up == nil || c.up.slots == nil): // slots wait on the context
 			c.fast = true
-		case t.transport != nil && h2 && noWait && req.Cancel == nil:
-			c.channel, c.ch = true, make(chan struct{})
-			c.made.Store(true)
 		case t.transport != nil && c.inner.Done() == nil:
 			c.own = true
 		default:
@@ -269,9 +260,6 @@ func (t *tracker) prepare(c *call, req *http.Request) *http.Request {
 		}
 	}
 	r := req.WithContext(c)
-	if c.channel {
-		r.Cancel = c.ch
-	}
 	if ua := o.cfg.UserAgent; ua != "" {
 		if _, set := req.Header["User-Agent"]; !set { // as net/http, an explicit "" sends none
 			r.Header = req.Header.Clone()
