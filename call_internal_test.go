@@ -660,3 +660,108 @@ func TestKnownHTTP2HostRacingTheRoundTrip(t *testing.T) {
 		t.Errorf("in flight %d, failed %d; want 0 and %d", s.InFlight, s.Failed, sent)
 	}
 }
+
+// A request waiting behind the cold-start gate's leader (its context wrapped by the
+// certificate hint) that a deadline or stop ends says which, in the own mode too.
+func TestGateWaitEndsWithItsCause(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held sync.WaitGroup
+	held.Add(1)
+	go func() { // accept and hold: no TLS handshake ever completes
+		defer held.Done()
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	defer held.Wait()
+	defer ln.Close()
+	addr := ln.Addr().String()
+	url := "https://" + addr + "/"
+	tests := []struct {
+		give     string
+		timeout  time.Duration // the waiting request's upstream Timeout
+		stop     bool          // stop cuts the wait
+		wantText string
+	}{
+		{give: "timeout", timeout: 200 * time.Millisecond, wantText: `upstream "svc" Timeout (200ms)`},
+		{give: "cut at stop", timeout: 10 * time.Second, stop: true, wantText: "client closed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.give, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Timeout, cfg.ResponseHeaderTimeout = 0, 0
+			res, err := New(Params{Config: cfg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer Shutdown(context.Background(), res.Client)
+			o := ownerOf(res.Client)
+			uc, err := o.newUpstream("svc", UpstreamConfig{BaseURL: url, Timeout: tt.timeout})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lctx, lcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer lcancel()
+			lreq, _ := http.NewRequestWithContext(lctx, http.MethodGet, url, nil)
+			ldone := make(chan struct{})
+			go func() { // the leader, stuck in its TLS handshake
+				defer close(ldone)
+				if resp, err := res.Client.Do(lreq); err == nil {
+					resp.Body.Close()
+				}
+			}()
+			defer func() { lcancel(); <-ldone }()
+			pollUntil(t, "a leader of the gate", func() bool {
+				o.gate.mu.Lock()
+				defer o.gate.mu.Unlock()
+				return o.gate.leading[addr] != nil
+			})
+			errc := make(chan error, 1)
+			go func() {
+				resp, err := uc.Get("x")
+				if err == nil {
+					resp.Body.Close()
+				}
+				errc <- err
+			}()
+			if tt.stop {
+				pollUntil(t, "the follower in flight", func() bool { return res.Stats.Snapshot().InFlight == 2 })
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				defer cancel()
+				Shutdown(ctx, res.Client)
+			}
+			select {
+			case err = <-errc:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the request waiting at the gate hangs")
+			}
+			var te *timeoutError
+			if err == nil || !strings.Contains(err.Error(), tt.wantText) || tt.stop != errors.Is(err, ErrClosed) || !tt.stop != errors.As(err, &te) {
+				t.Errorf("err = %v; want it to say %q", err, tt.wantText)
+			}
+		})
+	}
+}
+
+// pollUntil waits up to 10s for cond, polling.
+func pollUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}

@@ -137,9 +137,10 @@ func (c *call) cancelContext(why error) {
 }
 
 // causeOf returns context.Cause(ctx), which cannot see the cause of a call's own context: for
-// one, it returns its cause.
+// one, or a context made over one (the cold-start gate waits on the certificate hint's), whose
+// call was cancelled, it returns the call's cause.
 func causeOf(ctx context.Context) error {
-	if c, ok := ctx.(*call); ok && c.own {
+	if c := callOf(ctx); c != nil && c.own {
 		if why := c.ownCause(); why != nil {
 			return why
 		}

@@ -111,6 +111,9 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 	if o.gate != nil && req.URL.Scheme == "https" {
 		var err error
 		if req, lead, err = o.gate.enter(req); err != nil {
+			if f := c.failure(); f != nil {
+				err = f // a deadline or stop ended the wait: say which
+			}
 			return nil, c.endEarly(req, err)
 		}
 	}
