@@ -661,9 +661,10 @@ func TestKnownHTTP2HostRacingTheRoundTrip(t *testing.T) {
 	}
 }
 
-// A request waiting behind the cold-start gate's leader (its context wrapped by the
-// certificate hint) that a deadline or stop ends says which, in the own mode too.
-func TestGateWaitEndsWithItsCause(t *testing.T) {
+// holdingListener returns the address of a listener that accepts connections and never
+// answers (no TLS handshake completes), until the test ends.
+func holdingListener(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -686,9 +687,14 @@ func TestGateWaitEndsWithItsCause(t *testing.T) {
 			conns = append(conns, c)
 		}
 	}()
-	defer held.Wait()
-	defer ln.Close()
-	addr := ln.Addr().String()
+	t.Cleanup(func() { ln.Close(); held.Wait() })
+	return ln.Addr().String()
+}
+
+// A request waiting behind the cold-start gate's leader (its context wrapped by the
+// certificate hint) that a deadline or stop ends says which, in the own mode too.
+func TestGateWaitEndsWithItsCause(t *testing.T) {
+	addr := holdingListener(t)
 	url := "https://" + addr + "/"
 	tests := []struct {
 		give     string
@@ -763,5 +769,59 @@ func pollUntil(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(end) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
+	}
+}
+
+// A transport that speaks only HTTP/1.1 over TLS (here made so by a decorator, not Config)
+// takes the fast mode for HTTPS and no cold-start gate: a request is not held behind another
+// whose handshake hangs, where a cancellation of the transport's could not reach it.
+func TestHTTP1OnlyTLSIsNotGated(t *testing.T) {
+	addr := holdingListener(t)
+	url := "https://" + addr + "/"
+	cfg := DefaultConfig()
+	cfg.Timeout, cfg.ResponseHeaderTimeout, cfg.TLSHandshakeTimeout = 0, 0, 5*time.Second
+	res, err := New(Params{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Shutdown(context.Background(), res.Client)
+	o := ownerOf(res.Client)
+	res.Transport.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // as a decorator may
+	o.tracker = newTracker(o, res.Transport)
+	if !o.tracker.fastHTTPS {
+		t.Fatal("no fast mode for HTTPS over a transport without HTTP/2")
+	}
+	lead, err := o.newUpstream("lead", UpstreamConfig{BaseURL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := o.newUpstream("svc", UpstreamConfig{BaseURL: url, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lctx, lcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	lreq, _ := http.NewRequestWithContext(lctx, http.MethodGet, "x", nil)
+	ldone := make(chan struct{})
+	go func() { // stuck in its TLS handshake
+		defer close(ldone)
+		if resp, err := lead.Do(lreq); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	defer func() { lcancel(); <-ldone }()
+	pollUntil(t, "the first request in flight", func() bool { return res.Stats.Snapshot().InFlight == 1 })
+	began := time.Now()
+	resp, err := svc.Get("x")
+	if err == nil {
+		resp.Body.Close()
+	}
+	took := time.Since(began)
+	if err == nil || !strings.Contains(err.Error(), `upstream "svc" Timeout (200ms)`) || took > 2*time.Second {
+		t.Errorf("after %v: err = %v; want the upstream's 200ms Timeout", took, err)
+	}
+	o.gate.mu.Lock()
+	defer o.gate.mu.Unlock()
+	if len(o.gate.leading) != 0 {
+		t.Errorf("the gate has %d leader(s), want none", len(o.gate.leading))
 	}
 }

@@ -108,7 +108,7 @@ func (t *tracker) roundTrip(req *http.Request, up *upstream) (*http.Response, er
 		req = o.hint.mark(req)
 	}
 	var lead *h2lead
-	if o.gate != nil && req.URL.Scheme == "https" {
+	if o.gate != nil && req.URL.Scheme == "https" && !t.fastHTTPS { // HTTP/1.1 only: nothing to share
 		var err error
 		if req, lead, err = o.gate.enter(req); err != nil {
 			if f := c.failure(); f != nil {
