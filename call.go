@@ -65,7 +65,7 @@ type call struct {
 	mu    sync.Mutex
 	ch    chan struct{}
 	after func()
-	more  *[]func()
+	more  *[]*func()
 
 	tr    *httptrace.ClientTrace // the trace the call answers httptrace's key with; nil: inner answers
 	rc    io.ReadCloser          // the response body, once there is one
@@ -314,6 +314,7 @@ func (c *call) cut() {
 // failure says why.
 func (c *call) endsWith(next int32) bool {
 	c.returned.Store(true)
+	c.roundTripReturned()
 	return c.phase.CompareAndSwap(phaseHeaders, next)
 }
 

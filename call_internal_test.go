@@ -825,3 +825,48 @@ func TestHTTP1OnlyTLSIsNotGated(t *testing.T) {
 		t.Errorf("the gate has %d leader(s), want none", len(o.gate.leading))
 	}
 }
+
+// The own context holds no registration it no longer needs: net/http's, made during the round
+// trip, is let go of when the round trip returns; a caller's, made over the response's
+// context one after another (as a reader of a long stream may), is let go of by its stop.
+func TestOwnContextLetsGo(t *testing.T) {
+	o, err := newOwner(DefaultConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, "https://a.test/", nil)
+	c := &call{o: o}
+	newTracker(o, &http.Transport{}).prepare(c, req)
+	if !c.own {
+		t.Fatal("not in the own mode")
+	}
+	_, cancel := context.WithCancel(c) // as net/http's, during the round trip
+	defer cancel()
+	if c.after == nil {
+		t.Fatal("the round trip's context did not register")
+	}
+	c.endsWith(phaseBody)
+	if c.after != nil {
+		t.Error("the round trip's registration is held after it returned")
+	}
+	for range 1000 {
+		_, cancel := context.WithTimeout(c, time.Hour)
+		cancel()
+	}
+	stop := context.AfterFunc(c, func() {})
+	if !stop() {
+		t.Error("stop of an AfterFunc that has not run reports false")
+	}
+	if c.more != nil && len(*c.more) != 0 {
+		t.Errorf("%d registrations held after their contexts ended", len(*c.more))
+	}
+	kept, cancelKept := context.WithCancel(c) // one still open is cancelled with the call
+	defer cancelKept()
+	c.phase.Store(phaseTimeoutInBody)
+	c.cancelContext(c.failure())
+	select {
+	case <-kept.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a context made over the call after the round trip did not end with it")
+	}
+}

@@ -3,6 +3,7 @@ package httpfx
 import (
 	"context"
 	"errors"
+	"slices"
 )
 
 // The own mode of a call (see call): the call is itself the cancellable context of its
@@ -73,9 +74,14 @@ func (c *call) ownErr() error {
 // AfterFunc implements what context looks for in a parent (afterFuncer), so that a context
 // made over the call, as net/http makes one per HTTP/1.1 request, is cancelled with it without
 // a goroutine. f runs when the call's context is cancelled, or at once in a goroutine of its
-// own if it was already, as with context.AfterFunc. The returned stop does not unregister f
-// and reports false: context ignores its result, and f, which cancels a context, does nothing
-// once that context has ended; f is let go of with the call.
+// own if it was already, as with context.AfterFunc.
+//
+// The first registration during the round trip is net/http's: it costs nothing more, its stop
+// does not unregister it and reports false (context ignores the result; f, which cancels a
+// context, does nothing once that context has ended), and it is let go of when the round trip
+// returns (from then on a deadline closes the body instead). Any other gets a stop that
+// unregisters it (two allocations), so that contexts made one after another over a long
+// response do not pile up.
 //
 // Outside the own mode the call's context is the caller's (or one of context's own over it),
 // and f is registered with that.
@@ -84,21 +90,45 @@ func (c *call) AfterFunc(f func()) func() bool {
 		return context.AfterFunc(c.inner, f)
 	}
 	c.mu.Lock()
-	if c.ended {
-		c.mu.Unlock()
+	defer c.mu.Unlock()
+	switch {
+	case c.ended:
 		go f() // as context.AfterFunc: the caller may hold a lock that f takes
 		return stopNothing
-	}
-	switch {
-	case c.after == nil:
+	case c.after == nil && !c.returned.Load():
 		c.after = f
-	case c.more == nil:
-		c.more = &[]func(){f}
-	default:
-		*c.more = append(*c.more, f)
+		return stopNothing
 	}
-	c.mu.Unlock()
-	return stopNothing
+	return c.register(f)
+}
+
+// register adds f to the call's other registrations, with a stop that unregisters it. Apart
+// from AfterFunc so that its first registration does not allocate f's copy; c.mu is held.
+func (c *call) register(f func()) func() bool {
+	p := &f
+	if c.more == nil {
+		c.more = new([]*func())
+	}
+	*c.more = append(*c.more, p)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.more == nil {
+			return false // run, or being run
+		}
+		n := len(*c.more)
+		*c.more = slices.DeleteFunc(*c.more, func(q *func()) bool { return q == p })
+		return len(*c.more) < n
+	}
+}
+
+// roundTripReturned lets go of net/http's registration (AfterFunc), in the own mode.
+func (c *call) roundTripReturned() {
+	if c.own {
+		c.mu.Lock()
+		c.after = nil
+		c.mu.Unlock()
+	}
 }
 
 // stopNothing is the stop of every AfterFunc of a call.
@@ -131,7 +161,7 @@ func (c *call) cancelContext(why error) {
 	}
 	if more != nil {
 		for _, f := range *more {
-			f()
+			(*f)()
 		}
 	}
 }
