@@ -279,33 +279,7 @@ func TestObserverSeesBodyTimeout(t *testing.T) {
 // on: after bursts of HTTPS requests that all time out against a server that never answers,
 // no leader is left behind to hold the next requests to the host.
 func TestGateLeadHandedOnWhenTheDeadlinePasses(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu   sync.Mutex
-		held []net.Conn
-	)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	defer func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range held {
-			c.Close()
-		}
-		mu.Unlock()
-	}()
+	addr := holdingListener(t)
 	cfg := DefaultConfig()
 	cfg.Timeout = 100 * time.Millisecond
 	res, err := New(Params{Config: cfg})
@@ -314,7 +288,7 @@ func TestGateLeadHandedOnWhenTheDeadlinePasses(t *testing.T) {
 	}
 	defer Shutdown(context.Background(), res.Client)
 	o := ownerOf(res.Client)
-	url := "https://" + ln.Addr().String() + "/"
+	url := "https://" + addr + "/"
 	for round := range 20 {
 		var wg sync.WaitGroup
 		for range 200 {

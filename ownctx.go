@@ -131,7 +131,8 @@ func (c *call) roundTripReturned() {
 	}
 }
 
-// stopNothing is the stop of every AfterFunc of a call.
+// stopNothing is the stop of a registration that needs none: net/http's during the round trip,
+// and one made after the call's context ended, whose f runs at once.
 func stopNothing() bool { return false }
 
 // cancelContext cancels the call's context, in the own and cancel modes, with the call's
