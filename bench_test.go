@@ -19,8 +19,10 @@ import (
 )
 
 // The benchmarks below compare the owned httpfx client with a raw *http.Transport built with
-// the same Config values (raw) and with the cheapest pooled one, without timeouts (rawtuned,
-// twice: rawtunedAA is the A/A control), over loopback test servers. Names are
+// the same Config values (raw), with the cheapest pooled one, without timeouts (rawtuned,
+// twice: rawtunedAA is the A/A control), and with httpfx's own transport alone under a plain
+// http.Client (fxtransport: what the tuned transport costs without httpfx's tracking of each
+// request), over loopback test servers. Names are
 // BenchmarkClient/<proto>/<seq|par>/<variant>, so that benchstat can put them side by side:
 //
 //	go test -bench . -benchmem -run '^$' -count 10 . | tee new.txt
@@ -67,6 +69,7 @@ var benchVariants = []benchVariant{
 	{name: "raw", build: buildRaw},
 	{name: "rawtuned", build: buildRawTuned},
 	{name: "rawtunedAA", build: buildRawTuned},
+	{name: "fxtransport", build: buildFXTransport},
 }
 
 // benchOrder returns benchVariants rotated left by $HTTPFX_BENCH_ROTATE (a number; default 0),
@@ -81,12 +84,30 @@ func benchOrder() []benchVariant {
 // buildHTTPFX builds the owned client with DefaultConfig, trusting roots, and stops it with
 // Shutdown.
 func buildHTTPFX(tb testing.TB, roots *x509.CertPool) benchClient {
+	return buildOwned(tb, roots, false)
+}
+
+// buildFXTransport is buildHTTPFX sending through the owned transport from a plain
+// http.Client, past the tracker (no admission, deadlines, health checks or tracking of
+// bodies). Not a way to use httpfx: it splits httpfx's cost between its transport and its
+// tracking of each request.
+func buildFXTransport(tb testing.TB, roots *x509.CertPool) benchClient {
+	return buildOwned(tb, roots, true)
+}
+
+// buildOwned builds the owned client with DefaultConfig, trusting roots, and stops it with
+// Shutdown; bare sends through its transport alone.
+func buildOwned(tb testing.TB, roots *x509.CertPool, bare bool) benchClient {
 	res, err := httpfx.New(httpfx.Params{Config: httpfx.DefaultConfig()})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	res.Transport.TLSClientConfig.RootCAs = roots // before first use; MinVersion is kept
-	return benchClient{client: res.Client, stop: func(tb testing.TB) {
+	c := res.Client
+	if bare {
+		c = &http.Client{Transport: res.Transport}
+	}
+	return benchClient{client: c, stop: func(tb testing.TB) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := httpfx.Shutdown(ctx, res.Client); err != nil {

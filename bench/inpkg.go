@@ -29,11 +29,12 @@ type inpkgPlan struct {
 	benchtime string // -test.benchtime of each run, e.g. "2000x"
 }
 
-// inpkgBase is the variant of a benchmark group that in-package ratios are relative to, and
-// inpkgAA its A/A control.
+// inpkgBase is the variant of a benchmark group that in-package ratios are relative to,
+// inpkgAA its A/A control, and inpkgBare httpfx's transport alone.
 const (
 	inpkgBase = "rawtuned"
 	inpkgAA   = "rawtunedAA"
+	inpkgBare = "fxtransport" // httpfx's transport alone, without the tracker
 )
 
 // benchSample is one benchmark's result in one run.

@@ -100,7 +100,13 @@ func (r *report) inpkgFinding() string {
 		extra = append(extra, res.extraAllocs(g, "httpfx"))
 	}
 	pfx, paa := res.pooledSpeed(groups, "httpfx"), res.pooledSpeed(groups, inpkgAA)
-	return fmt.Sprintf("**In-package** (`go test -bench`, %d runs): httpfx reaches %s× %s's requests/s per benchmark "+
+	s := fmt.Sprintf("**In-package** (`go test -bench`, %d runs): httpfx reaches %s× %s's requests/s per benchmark "+
 		"(the A/A control: %s×); pooled %s against the A/A's %s; it allocates %s more per request.",
 		res.runs, span("%.2f", fx), inpkgBase, span("%.2f", aa), pfx, paa, span("%+.1f", extra))
+	if _, vs := res.groups(); slices.Contains(vs, inpkgBare) {
+		s += fmt.Sprintf(" Its transport alone (%s: the same *http.Transport under a plain http.Client, without httpfx's "+
+			"tracking of each request) reads %s pooled: the difference is what the tracking costs (admission, "+
+			"deadlines, health checks, the body's end).", inpkgBare, res.pooledSpeed(groups, inpkgBare))
+	}
+	return s
 }
