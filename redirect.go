@@ -10,8 +10,11 @@ import (
 // maxRedirects is how many redirects a client of httpfx follows, as net/http's default.
 const maxRedirects = 10
 
-// credentialHeaders are dropped from a redirect that leaves the first request's origin.
-var credentialHeaders = [...]string{"Authorization", "Www-Authenticate", "Cookie", "Cookie2"}
+// credentialHeaders are dropped from a redirect that leaves the first request's origin: the
+// headers net/http treats as sensitive, proxy credentials included.
+var credentialHeaders = [...]string{
+	"Authorization", "Www-Authenticate", "Cookie", "Cookie2", "Proxy-Authorization", "Proxy-Authenticate",
+}
 
 // redirectPolicy returns the CheckRedirect of a client of httpfx: follow up to 10 redirects,
 // as net/http does, and drop credential headers from a redirect to another origin. net/http

@@ -3,6 +3,7 @@ package httpfx_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -510,4 +511,55 @@ func TestUpstreamValidatedWithoutConsumer(t *testing.T) {
 		}
 		u.requireNoConns(t)
 	})
+}
+
+// Every credential header a caller sets is dropped from a redirect to another host or to
+// another port of the same host, and kept on a redirect within the origin.
+func TestCredentialHeadersDoNotFollowRedirectsElsewhere(t *testing.T) {
+	dump := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, h := range []string{"Authorization", "Proxy-Authorization", "Cookie", "Cookie2", "Www-Authenticate", "Proxy-Authenticate"} {
+			fmt.Fprintf(w, "%s=%s;", h, r.Header.Get(h))
+		}
+	})
+	other := newUpstream(t, dump)
+	otherHost := strings.Replace(other.URL, "127.0.0.1", "localhost", 1)
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/away":
+			http.Redirect(w, r, otherHost+"/landed", http.StatusFound)
+		case "/other-port":
+			http.Redirect(w, r, other.URL+"/landed", http.StatusFound)
+		case "/home":
+			http.Redirect(w, r, "/landed", http.StatusFound)
+		default:
+			dump.ServeHTTP(w, r)
+		}
+	}))
+	var client *http.Client
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Populate(&client))
+	app.RequireStart()
+	const none = "Authorization=;Proxy-Authorization=;Cookie=;Cookie2=;Www-Authenticate=;Proxy-Authenticate=;"
+	const all = "Authorization=a;Proxy-Authorization=pa;Cookie=c;Cookie2=c2;Www-Authenticate=wa;Proxy-Authenticate=pw;"
+	for _, tt := range []struct{ give, want string }{
+		{give: "/away", want: none},
+		{give: "/other-port", want: none},
+		{give: "/home", want: all},
+	} {
+		req, _ := http.NewRequest(http.MethodGet, u.URL+tt.give, nil)
+		for h, v := range map[string]string{"Authorization": "a", "Proxy-Authorization": "pa", "Cookie": "c", "Cookie2": "c2", "Www-Authenticate": "wa", "Proxy-Authenticate": "pw"} {
+			req.Header.Set(h, v)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != tt.want {
+			t.Errorf("redirect %s: the target saw %q, want %q", tt.give, b, tt.want)
+		}
+	}
+	app.RequireStop()
+	u.requireNoConns(t)
+	other.requireNoConns(t)
 }
