@@ -107,9 +107,9 @@ type Config struct {
 	ProxyURL string `yaml:"proxy_url" json:"proxy_url"`
 
 	// NoProxy lists the hosts that bypass ProxyURL, comma-separated, in NO_PROXY's syntax:
-	// "example.com" (and its subdomains), ".example.com" (subdomains only), an IP address, a
-	// CIDR range such as "10.0.0.0/8", each optionally with ":port", or "*" for all. Empty
-	// means none. Default empty.
+	// "example.com" (and its subdomains), ".example.com" or "*.example.com" (subdomains only),
+	// an IP address, each of these optionally with ":port", a CIDR range such as "10.0.0.0/8"
+	// (any port), or "*" for all. Empty means none. Default empty.
 	NoProxy string `yaml:"no_proxy" json:"no_proxy"`
 
 	// TLSMinVersion is the lowest TLS version accepted: "1.2" or "1.3". Empty means "1.2".
@@ -240,6 +240,11 @@ func (c Config) Validate() error {
 	return err
 }
 
+// maxDuration bounds every duration of the configuration, so that deadlines computed on
+// httpfx's clocks (now plus a duration, or a multiple of a TTL) never overflow: a duration of
+// math.MaxInt64, a common way of saying "never", would otherwise end every request at once.
+const maxDuration = 10 * 365 * 24 * time.Hour
+
 // resolved is what a valid Config derives for the transport.
 type resolved struct {
 	tls   *tls.Config
@@ -273,8 +278,11 @@ func (c Config) resolve() (resolved, error) {
 		{"HTTP2PingTimeout", c.HTTP2PingTimeout},
 		{"HTTP2WriteByteTimeout", c.HTTP2WriteByteTimeout},
 	} {
-		if d.v < 0 {
+		switch {
+		case d.v < 0:
 			bad(d.name, "is %v: want zero (no timeout) or a positive duration", d.v)
+		case d.v > maxDuration:
+			bad(d.name, "is %v: want at most %v (ten years); zero means no timeout", d.v, maxDuration)
 		}
 	}
 	for _, n := range []struct {

@@ -1,6 +1,7 @@
 package httpfx_test
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -61,6 +62,10 @@ func TestValidate(t *testing.T) {
 		{"negative MaxResponseHeaderBytes", edit(func(c *httpfx.Config) { c.MaxResponseHeaderBytes = -1 }), "MaxResponseHeaderBytes is -1"},
 		{"per-host idle above total idle", edit(func(c *httpfx.Config) { c.MaxIdleConns = 100 }),
 			"httpfx: config: MaxIdleConnsPerHost (512) exceeds MaxIdleConns (100): the per-host idle pool could never fill"},
+		{"Timeout of the largest duration", edit(func(c *httpfx.Config) { c.Timeout = math.MaxInt64 }),
+			"httpfx: config: Timeout is 2562047h47m16.854775807s: want at most 87600h0m0s (ten years); zero means no timeout"},
+		{"DNSTTL past ten years", edit(func(c *httpfx.Config) { c.DNSTTL = 87601 * time.Hour }), "httpfx: config: DNSTTL is 87601h0m0s: want at most"},
+		{"Timeout of ten years", edit(func(c *httpfx.Config) { c.Timeout = 87600 * time.Hour }), ""},
 		{"user agent with newline", edit(func(c *httpfx.Config) { c.UserAgent = "a\r\nX-Evil: 1" }), "httpfx: config: UserAgent contains a control character"},
 	}
 	for _, tt := range tests {
@@ -259,7 +264,7 @@ func TestInvalidConfigExactErrors(t *testing.T) {
 		{"bad proxy URL", edit(func(c *httpfx.Config) { c.ProxyURL = "gopher://proxy:70" }),
 			`httpfx: config: ProxyURL scheme "gopher": want http, https or socks5`},
 		{"bad NoProxy", edit(func(c *httpfx.Config) { c.ProxyURL, c.NoProxy = "http://proxy:3128", "a b" }),
-			`httpfx: config: NoProxy entry "a b": want a host, .domain, IP address, CIDR range or *`},
+			`httpfx: config: NoProxy entry "a b": want a host, .domain or *.domain, IP address (each with an optional :port), CIDR range or *`},
 		{"bad TLS version", edit(func(c *httpfx.Config) { c.TLSMinVersion = "1.0" }),
 			`httpfx: config: TLSMinVersion is "1.0": want "1.2" or "1.3"`},
 		{"header injection in the user agent", edit(func(c *httpfx.Config) { c.UserAgent = "x\nHost: evil" }),

@@ -354,3 +354,26 @@ func TestTraceKeyIsAnswered(t *testing.T) {
 		t.Error("the call made a context for its trace; want it answered by the call")
 	}
 }
+
+func TestNoProxyWildcardDomain(t *testing.T) {
+	list, err := parseNoProxy("*.example.com, *.test:8443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		give string
+		want bool
+	}{
+		{give: "http://api.example.com/", want: true},
+		{give: "http://a.b.example.com/", want: true},
+		{give: "http://example.com/", want: false}, // subdomains only, as ".example.com"
+		{give: "http://notexample.com/", want: false},
+		{give: "https://x.test:8443/", want: true},
+		{give: "https://x.test/", want: false},
+	} {
+		u, _ := url.Parse(tt.give)
+		if got := list.match(u); got != tt.want {
+			t.Errorf("match(%s) = %v, want %v", tt.give, got, tt.want)
+		}
+	}
+}

@@ -99,6 +99,9 @@ func TestBadProxyConfig(t *testing.T) {
 		{httpfx.Config{ProxyURL: "http://"}, "httpfx: config: ProxyURL has no host", ""},
 		{httpfx.Config{ProxyURL: "http://user:s3cret@proxy:80/%zz"}, "httpfx: config: ProxyURL is not a valid URL", "s3cret"},
 		{httpfx.Config{ProxyURL: "http://proxy:3128", NoProxy: "a.com, x/y"}, `httpfx: config: NoProxy entry "x/y"`, ""},
+		{httpfx.Config{ProxyURL: "http://:3128"}, "httpfx: config: ProxyURL has no host: want scheme://host:port", ""},
+		{httpfx.Config{ProxyURL: "http://user:s3cret@proxy:99999"}, `httpfx: config: ProxyURL has port "99999": want 1 to 65535`, "s3cret"},
+		{httpfx.Config{ProxyURL: "http://proxy:"}, "httpfx: config: ProxyURL has an empty port", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

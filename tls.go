@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -88,8 +89,8 @@ func (c Config) proxy() (func(*http.Request) (*url.URL, error), error) {
 		}
 		return nil, fmt.Errorf("httpfx: config: ProxyURL scheme %q: want http, https or socks5", u.Scheme)
 	}
-	if u.Host == "" {
-		return nil, fmt.Errorf("httpfx: config: ProxyURL has no host: want scheme://host:port")
+	if p := hostPortProblem(u); p != "" {
+		return nil, fmt.Errorf("httpfx: config: ProxyURL %s: want scheme://host:port", p)
 	}
 	bypass, err := parseNoProxy(c.NoProxy)
 	if err != nil {
@@ -101,6 +102,22 @@ func (c Config) proxy() (func(*http.Request) (*url.URL, error), error) {
 		}
 		return u, nil
 	}, nil
+}
+
+// hostPortProblem says what is wrong with u's host and port, or returns "": a URL needs a
+// host, and a port, if it has one, from 1 to 65535.
+func hostPortProblem(u *url.URL) string {
+	if u.Hostname() == "" {
+		return "has no host"
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Sprintf("has port %q: want 1 to 65535", p)
+		}
+	} else if strings.HasSuffix(u.Host, ":") {
+		return "has an empty port: want 1 to 65535, or none"
+	}
+	return ""
 }
 
 // proxyForLog describes the proxy setting without credentials.
@@ -151,13 +168,16 @@ func parseNoProxy(list string) (noProxy, error) {
 		if h, p, err := net.SplitHostPort(s); err == nil {
 			host, e.port = h, p
 		}
+		if strings.HasPrefix(host, "*.") { // as net/http's NO_PROXY: the same as ".example.com"
+			host = host[1:]
+		}
 		if ip := net.ParseIP(host); ip != nil {
 			e.ip = ip
 		} else {
 			e.subs = strings.HasPrefix(host, ".")
 			e.domain = strings.TrimPrefix(host, ".")
 			if e.domain == "" || strings.ContainsAny(e.domain, "/:@ ") {
-				return nil, fmt.Errorf("httpfx: config: NoProxy entry %q: want a host, .domain, IP address, CIDR range or *", strings.TrimSpace(raw))
+				return nil, fmt.Errorf("httpfx: config: NoProxy entry %q: want a host, .domain or *.domain, IP address (each with an optional :port), CIDR range or *", strings.TrimSpace(raw))
 			}
 		}
 		np = append(np, e)

@@ -111,8 +111,11 @@ func (u UpstreamConfig) validate(name string, complete bool) error {
 			bad("Headers: the value of %q contains a control character", k)
 		}
 	}
-	if u.Timeout < 0 {
+	switch {
+	case u.Timeout < 0:
 		bad("Timeout is %v: want zero (Config.Timeout) or a positive duration", u.Timeout)
+	case u.Timeout > maxDuration:
+		bad("Timeout is %v: want at most %v (ten years); zero means Config.Timeout", u.Timeout, maxDuration)
 	}
 	if u.MaxConnsPerHost < 0 {
 		bad("MaxConnsPerHost is %d: want zero (no extra limit) or a positive number", u.MaxConnsPerHost)
@@ -165,8 +168,8 @@ func parseBaseURL(s string) (*url.URL, error) {
 		return nil, errors.New("is not http(s)://host[:port][/path/]") // "user:secret@host" parses as scheme "user"
 	case u.Scheme != "http" && u.Scheme != "https":
 		return nil, fmt.Errorf("scheme %q: want http or https", u.Scheme)
-	case u.Host == "":
-		return nil, errors.New("has no host: want http(s)://host[:port][/path/]")
+	case hostPortProblem(u) != "":
+		return nil, errors.New(hostPortProblem(u) + ": want http(s)://host[:port][/path/]")
 	case u.User != nil:
 		return nil, errors.New("holds credentials: put them in Headers, which go only to this upstream")
 	case u.RawQuery != "" || u.Fragment != "":

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strings"
 	"sync"
@@ -291,6 +292,12 @@ func TestBadUpstreamFailsFxNew(t *testing.T) {
 			`upstream "payments": Headers: "Bad Header" is not a valid header name`},
 		{"negative timeout", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay", Timeout: -time.Second}),
 			`upstream "payments": Timeout is -1s`},
+		{"timeout of the largest duration", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay", Timeout: math.MaxInt64}),
+			`upstream "payments": Timeout is 2562047h47m16.854775807s: want at most 87600h0m0s (ten years)`},
+		{"base URL without a host name", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://:8443/api/"}),
+			`upstream "payments": BaseURL has no host: want http(s)://host[:port][/path/]`},
+		{"base URL with a port out of range", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay:99999/api/"}),
+			`upstream "payments": BaseURL has port "99999": want 1 to 65535`},
 		{"bad name", httpfx.Upstream("Payments API", httpfx.UpstreamConfig{BaseURL: "https://pay"}),
 			`httpfx: upstream name "Payments API": want lower-case letters`},
 		{"bad entry in Config", fx.Options(
