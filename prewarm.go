@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -133,13 +134,21 @@ func (o *owner) prewarm(ctx context.Context, base *url.URL, n int) error {
 	return first
 }
 
-// prewarmUpstreams pre-warms, concurrently and bounded by ctx, every upstream origin that an
-// upstream client asks to (the largest count of those that share it), and logs what it
-// opened. It never fails: an upstream that is down is logged, and its requests dial as they
-// need.
+// prewarmUpstreams pre-warms, concurrently, every upstream origin that an upstream client
+// asks to (the largest count of those that share it), and logs what it opened. It never
+// fails: an upstream that is down or slow is logged, and its requests dial as they need. It
+// takes at most half of what is left of ctx, the start context, so that the hooks after it
+// still have time to start: a dial still running then goes on in the transport's pool, and
+// stop closes it. An origin that has connections already (a component called it while the
+// graph was built) is left alone: a pre-warming request could be handed one of them, and sent.
 func (o *owner) prewarmUpstreams(ctx context.Context) {
 	if o.inUse != o.transport {
 		return // a caller's transport: its pool is not httpfx's to fill
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(deadline)/2))
+		defer cancel()
 	}
 	type origin struct {
 		base  *url.URL
@@ -161,6 +170,14 @@ func (o *owner) prewarmUpstreams(ctx context.Context) {
 		}
 		g.n = max(g.n, u.prewarm)
 		g.names = append(g.names, u.name)
+	}
+	for i := 0; i < len(order); i++ {
+		if g := order[i]; o.conns.count(canonicalAddr(g.base)) > 0 {
+			o.log.Info("httpfx upstream pre-warm skipped: it has connections already",
+				zap.Strings("upstreams", g.names), zap.Int("open", o.conns.count(canonicalAddr(g.base))))
+			order = slices.Delete(order, i, i+1)
+			i--
+		}
 	}
 	if len(order) == 0 {
 		return

@@ -1,6 +1,7 @@
 package httpfx_test
 
 import (
+	"context"
 	"crypto/x509"
 	"net"
 	"net/http"
@@ -99,4 +100,65 @@ func TestPrewarm(t *testing.T) {
 		}
 		app.RequireStop()
 	})
+}
+
+// Pre-warming never fails start, nor takes all of it: an upstream that accepts connections
+// and never completes the TLS handshake holds it for half of the start context at most.
+func TestPrewarmLeavesStartTime(t *testing.T) {
+	addr := silentListener(t)
+	core, logs := observer.New(zap.WarnLevel)
+	app := fx.New(fx.NopLogger, httpfx.Module, fx.Supply(zap.New(core)),
+		httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://" + addr, Prewarm: 2}))
+	if err := app.Err(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	began := time.Now()
+	err := app.Start(ctx)
+	took := time.Since(began)
+	stopCtx, cancelStop := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelStop()
+	if stopErr := app.Stop(stopCtx); stopErr != nil {
+		t.Errorf("stop: %v", stopErr)
+	}
+	if err != nil {
+		t.Fatalf("start failed after %v because a pre-warm was slow: %v", took.Round(time.Millisecond), err)
+	}
+	if took > 800*time.Millisecond {
+		t.Errorf("start took %v of its 1s: pre-warming should leave half of it", took.Round(time.Millisecond))
+	}
+	if n := logs.FilterMessageSnippet("pre-warm failed").Len(); n != 1 {
+		t.Errorf("warnings %v, want one saying the pre-warm failed", logs.All())
+	}
+}
+
+// An origin that a component called while the graph was built has a connection in the pool
+// already: pre-warming leaves it alone, so that it sends nothing over it.
+func TestPrewarmSendsNothingOverAPooledConnection(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+	}))
+	core, logs := observer.New(zap.InfoLevel)
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Supply(zap.New(core)),
+		httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: u.URL, Prewarm: 2}),
+		fx.Invoke(fx.Annotate(func(c *http.Client) error {
+			_, err := get(c, "token") // a component fetching a token while the graph is built
+			return err
+		}, fx.ParamTags(`name:"payments"`))))
+	app.RequireStart()
+	app.RequireStop()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || seen[0] != "GET /token" {
+		t.Errorf("the upstream received %v, want only the component's GET /token", seen)
+	}
+	if logs.FilterMessageSnippet("pre-warm skipped").Len() != 1 {
+		t.Errorf("logs %v, want one saying the pre-warm was skipped", logs.All())
+	}
+	u.requireNoConns(t)
 }

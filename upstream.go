@@ -43,8 +43,10 @@ type UpstreamConfig struct {
 
 	// Prewarm is how many connections to BaseURL's origin httpfx opens at start, so that the
 	// first burst after a deploy pays no TCP or TLS handshake per caller. It sends no request,
-	// waits at most as long as the start context allows, and never fails start: an upstream
-	// that is down is logged, and its requests dial as they need. Upstreams that share an
+	// waits at most half of what is left of the start context, so that later hooks still
+	// start, and never fails start: an upstream that is down or slow is logged, and its
+	// requests dial as they need. An origin with connections open already (a component
+	// called it while the graph was built) is not pre-warmed. Upstreams that share an
 	// origin get the largest of their counts; an HTTP/2 upstream keeps one connection, as
 	// net/http does (set 1 for one). Zero means none.
 	Prewarm int `yaml:"prewarm" json:"prewarm"`
