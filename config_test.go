@@ -301,3 +301,27 @@ func TestLoadersDoNotChangeCopies(t *testing.T) {
 		t.Errorf("the copy = %+v, want the overlays", cp.Upstreams)
 	}
 }
+
+// The environment overrides a file's header whatever its spelling there: X_API_KEY names
+// X-Api-Key, which a file may spell X-API-Key or x-api-key.
+func TestEnvHeaderOverridesAnySpelling(t *testing.T) {
+	for _, give := range []string{"X-API-Key", "x-api-key", "X-Api-Key"} {
+		t.Run(give, func(t *testing.T) {
+			cfg, err := httpfx.LoadYAML([]byte("upstreams:\n  payments:\n    base_url: https://payments.internal/api/\n    headers:\n      " +
+				give + ": from-file\n      X-Other: kept\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.ApplyEnv([]string{"HTTPFX_UPSTREAMS__PAYMENTS__HEADERS__X_API_KEY=from-env"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Fatalf("Validate() = %v, want the environment's value to replace the file's", err)
+			}
+			want := map[string]string{"X-Api-Key": "from-env", "X-Other": "kept"}
+			if got := cfg.Upstreams["payments"].Headers; !reflect.DeepEqual(got, want) {
+				t.Errorf("headers %v, want %v", got, want)
+			}
+		})
+	}
+}

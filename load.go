@@ -192,6 +192,11 @@ func setEnv(v reflect.Value, segs []string, value string) error {
 		key := strings.ToLower(segs[0])
 		if v.Type().Elem().Kind() == reflect.String { // headers: X_API_VERSION is X-Api-Version
 			key = http.CanonicalHeaderKey(strings.ReplaceAll(segs[0], "_", "-"))
+			for _, k := range v.MapKeys() { // the environment overrides the file's spelling too
+				if name := k.String(); name != key && http.CanonicalHeaderKey(name) == key {
+					v.SetMapIndex(k, reflect.Value{})
+				}
+			}
 		}
 		return errors.Join(decodeMapEntry(v, key, func(elem reflect.Value) []error {
 			if err := setEnv(elem, segs[1:], value); err != nil {
