@@ -20,8 +20,9 @@ import (
 // usable: BaseURL is required.
 type UpstreamConfig struct {
 	// BaseURL is the upstream's http or https URL, such as "https://payments.internal/api/".
-	// Relative request URLs resolve against it as a browser resolves links: "v1/charges"
-	// appends to its path, "/v1/charges" replaces the path, "//host:port/x" takes its scheme.
+	// Its path, if any, ends in "/". Relative request URLs resolve against it as a browser
+	// resolves links: "v1/charges" appends to its path, "/v1/charges" replaces the path,
+	// "//host:port/x" takes its scheme.
 	// A redirect's Location resolves against the absolute URL of the hop that answered it, so
 	// "Location: y" after "v1/x" lands on "/api/v1/y". It must not hold credentials (use
 	// Headers), a query or a fragment.
@@ -176,6 +177,8 @@ func parseBaseURL(s string) (*url.URL, error) {
 		return nil, errors.New("holds credentials: put them in Headers, which go only to this upstream")
 	case u.RawQuery != "" || u.Fragment != "":
 		return nil, errors.New("has a query or fragment: want http(s)://host[:port][/path/]")
+	case u.Path != "" && !strings.HasSuffix(u.Path, "/"):
+		return nil, errors.New(`has a path that does not end in "/": a relative request URL such as "v1/x" would replace its last segment, as a browser resolves links; end the path with "/" (https://host/api/)`)
 	}
 	return u, nil
 }

@@ -294,6 +294,8 @@ func TestBadUpstreamFailsFxNew(t *testing.T) {
 			`upstream "payments": Timeout is -1s`},
 		{"timeout of the largest duration", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay", Timeout: math.MaxInt64}),
 			`upstream "payments": Timeout is 2562047h47m16.854775807s: want at most 87600h0m0s (ten years)`},
+		{"base URL whose path does not end in a slash", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay/api"}),
+			`upstream "payments": BaseURL has a path that does not end in "/": a relative request URL such as "v1/x" would replace its last segment`},
 		{"base URL without a host name", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://:8443/api/"}),
 			`upstream "payments": BaseURL has no host: want http(s)://host[:port][/path/]`},
 		{"base URL with a port out of range", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay:99999/api/"}),
