@@ -30,7 +30,10 @@ type UpstreamConfig struct {
 
 	// Headers are set on every request to BaseURL's scheme and host that does not set them
 	// itself, and never on a request to any other host, redirects included: the place for
-	// credentials and API versions. Their values are never logged. Nil means none.
+	// credentials and API versions. "Host" sets the request's Host (a virtual host behind a
+	// load balancer) unless the caller set another; Content-Length, Transfer-Encoding and
+	// Trailer, which net/http derives from the request, are refused. Their values are never
+	// logged. Nil means none.
 	Headers map[string]string `yaml:"headers" json:"headers"`
 
 	// Timeout bounds a whole request to this upstream, body included, instead of
@@ -113,6 +116,10 @@ func (u UpstreamConfig) validate(name string, complete bool) error {
 		if strings.ContainsFunc(u.Headers[k], isControl) {
 			bad("Headers: the value of %q contains a control character", k)
 		}
+		switch http.CanonicalHeaderKey(k) {
+		case "Content-Length", "Transfer-Encoding", "Trailer":
+			bad("Headers: %q is set by net/http from the request itself, never from Headers: remove it", k)
+		}
 	}
 	switch {
 	case u.Timeout < 0:
@@ -191,6 +198,7 @@ type upstream struct {
 	name       string
 	base       *url.URL
 	headers    http.Header   // canonical names; nil if none
+	host       string        // the Host header to send to the base's origin; empty: the URL's
 	timeout    time.Duration // of the whole request; zero: none
 	timeoutErr error         // the cause of a request's context when timeout expires
 	slots      chan struct{} // MaxConnsPerHost tokens; nil if unbounded
@@ -223,11 +231,15 @@ func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, err
 	if u.timeout == 0 {
 		u.timeout, u.timeoutErr = o.cfg.Timeout, o.timeoutErr
 	}
-	if len(cfg.Headers) > 0 {
-		u.headers = make(http.Header, len(cfg.Headers))
-		for k, v := range cfg.Headers {
-			u.headers.Set(k, v)
+	for k, v := range cfg.Headers {
+		if http.CanonicalHeaderKey(k) == "Host" { // net/http sends Request.Host, never Header["Host"]
+			u.host = v
+			continue
 		}
+		if u.headers == nil {
+			u.headers = make(http.Header, len(cfg.Headers))
+		}
+		u.headers.Set(k, v)
 	}
 	if cfg.MaxConnsPerHost > 0 {
 		u.slots = make(chan struct{}, cfg.MaxConnsPerHost)
@@ -243,6 +255,11 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme == "" { // relative, or scheme-relative ("//host/x"): the base's scheme
 		r := *req
 		r.URL = u.base.ResolveReference(req.URL)
+		req = &r
+	}
+	if u.host != "" && (req.Host == "" || req.Host == req.URL.Host) && sameOrigin(req.URL, u.base) {
+		r := *req // the caller's own Host, if it set one, stays
+		r.Host = u.host
 		req = &r
 	}
 	if u.headers != nil && sameOrigin(req.URL, u.base) {

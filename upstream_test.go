@@ -294,6 +294,8 @@ func TestBadUpstreamFailsFxNew(t *testing.T) {
 			`upstream "payments": Timeout is -1s`},
 		{"timeout of the largest duration", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay", Timeout: math.MaxInt64}),
 			`upstream "payments": Timeout is 2562047h47m16.854775807s: want at most 87600h0m0s (ten years)`},
+		{"framing header", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay/", Headers: map[string]string{"content-length": "3"}}),
+			`upstream "payments": Headers: "content-length" is set by net/http from the request itself, never from Headers: remove it`},
 		{"base URL whose path does not end in a slash", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://pay/api"}),
 			`upstream "payments": BaseURL has a path that does not end in "/": a relative request URL such as "v1/x" would replace its last segment`},
 		{"base URL without a host name", httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: "https://:8443/api/"}),
@@ -571,4 +573,53 @@ func TestCredentialHeadersDoNotFollowRedirectsElsewhere(t *testing.T) {
 	app.RequireStop()
 	u.requireNoConns(t)
 	other.requireNoConns(t)
+}
+
+// An upstream's "Host" header sets the Host its requests carry (net/http ignores
+// Header["Host"]), unless the caller set another, and never on a request to another host.
+func TestUpstreamHostHeader(t *testing.T) {
+	host := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Host) })
+	other := newUpstream(t, host)
+	u := newUpstream(t, host)
+	var g struct {
+		fx.In
+		Up *http.Client `name:"vhost"`
+	}
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Populate(&g),
+		httpfx.Upstream("vhost", httpfx.UpstreamConfig{BaseURL: u.URL + "/", Headers: map[string]string{"host": "billing.internal"}}))
+	app.RequireStart()
+	own, _ := http.NewRequest(http.MethodGet, u.URL+"/x", nil)
+	own.Host = "chosen.internal"
+	for _, tt := range []struct {
+		name string
+		give *http.Request
+		want string
+	}{
+		{name: "relative URL", give: mustRequest(t, "x"), want: "billing.internal"},
+		{name: "absolute URL to the base", give: mustRequest(t, u.URL+"/x"), want: "billing.internal"},
+		{name: "the caller's own Host", give: own, want: "chosen.internal"},
+		{name: "another host", give: mustRequest(t, other.URL+"/x"), want: strings.TrimPrefix(other.URL, "http://")},
+	} {
+		resp, err := g.Up.Do(tt.give)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != tt.want {
+			t.Errorf("%s: the server saw Host %q, want %q", tt.name, b, tt.want)
+		}
+	}
+	app.RequireStop()
+	u.requireNoConns(t)
+	other.requireNoConns(t)
+}
+
+func mustRequest(t *testing.T, url string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
 }
