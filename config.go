@@ -136,7 +136,9 @@ type Config struct {
 	TLSKeyFile string `yaml:"tls_key_file" json:"tls_key_file"`
 
 	// TLSServerName overrides the name sent in SNI and verified in upstream certificates.
-	// Empty means the request's host. Default empty.
+	// net/http uses the same TLS settings for an https proxy, so it cannot be combined with an
+	// https ProxyURL (Validate says so; an https proxy from the environment would fail its
+	// handshake). Empty means the request's host. Default empty.
 	TLSServerName string `yaml:"tls_server_name" json:"tls_server_name"`
 
 	// TLSInsecureSkipVerify accepts any upstream certificate, which lets anyone on the path

@@ -102,6 +102,8 @@ func TestBadProxyConfig(t *testing.T) {
 		{httpfx.Config{ProxyURL: "http://:3128"}, "httpfx: config: ProxyURL has no host: want scheme://host:port", ""},
 		{httpfx.Config{ProxyURL: "http://user:s3cret@proxy:99999"}, `httpfx: config: ProxyURL has port "99999": want 1 to 65535`, "s3cret"},
 		{httpfx.Config{ProxyURL: "http://proxy:"}, "httpfx: config: ProxyURL has an empty port", ""},
+		{httpfx.Config{ProxyURL: "https://proxy:3129", TLSServerName: "billing.internal"},
+			`httpfx: config: TLSServerName cannot be used with an https ProxyURL: the proxy's TLS handshake would expect "billing.internal" too`, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

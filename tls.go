@@ -92,6 +92,11 @@ func (c Config) proxy() (func(*http.Request) (*url.URL, error), error) {
 	if p := hostPortProblem(u); p != "" {
 		return nil, fmt.Errorf("httpfx: config: ProxyURL %s: want scheme://host:port", p)
 	}
+	if u.Scheme == "https" && c.TLSServerName != "" {
+		// net/http's handshake with an https proxy uses the transport's TLS settings, whose
+		// ServerName would then be checked against the proxy's certificate.
+		return nil, fmt.Errorf("httpfx: config: TLSServerName cannot be used with an https ProxyURL: the proxy's TLS handshake would expect %q too; use an http proxy (CONNECT), or leave TLSServerName empty", c.TLSServerName)
+	}
 	bypass, err := parseNoProxy(c.NoProxy)
 	if err != nil {
 		return nil, err
