@@ -115,15 +115,12 @@ func ownerOf(c *http.Client) *owner {
 	return nil
 }
 
-// newTransport builds the tuned transport: a clone of http.DefaultTransport's settings (never
-// the default transport itself) with cfg, and what resolve derived from it, applied.
+// newTransport builds the tuned transport from cfg, and what resolve derived from it. It
+// starts from a zero Transport, not a clone of http.DefaultTransport, whose settings cfg
+// covers anyway: whatever another package of the process changed on the default transport
+// (a DialTLSContext, proxy headers) must not reach the shared pool.
 func newTransport(cfg Config, r resolved, dial dialFunc) *http.Transport {
-	var t *http.Transport
-	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
-		t = dt.Clone()
-	} else {
-		t = &http.Transport{} // http.DefaultTransport was replaced; cfg sets what matters below.
-	}
+	t := &http.Transport{}
 	t.DialContext = dial // the DNS cache's: DialTimeout, KeepAlive, Happy Eyeballs
 	t.Proxy = r.proxy
 	t.TLSClientConfig = r.tls
