@@ -303,3 +303,18 @@ func TestEmptyResponsesNeverHoldStop(t *testing.T) {
 		})
 	}
 }
+
+// A component that sends a request while the graph is built, in an app whose fx.New then
+// fails, never gets httpfx's stop: nothing of httpfx outlives that request but the pooled
+// connection, which IdleConnTimeout closes (the sweeper leaves once nothing is in flight).
+func TestFailedNewLeavesNothingRunning(t *testing.T) {
+	u := newUpstream(t, okHandler())
+	app := fx.New(fx.NopLogger, httpfx.Module,
+		withConfig(func(c *httpfx.Config) { c.IdleConnTimeout = 100 * time.Millisecond }),
+		fx.Invoke(func(c *http.Client) error { _, err := get(c, u.URL); return err }),
+		fx.Invoke(func() error { return errors.New("a later invoke fails") }))
+	if app.Err() == nil {
+		t.Fatal("fx.New succeeded, want the invoke's error")
+	}
+	u.requireNoConns(t)
+}

@@ -83,6 +83,20 @@ func (l *callList) reap(i int64) {
 	}
 }
 
+// empty reports whether no call is in flight.
+func (l *callList) empty() bool {
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		none := s.head.next == &s.head
+		s.mu.Unlock()
+		if !none {
+			return false
+		}
+	}
+	return true
+}
+
 // visit appends the calls in flight to buf and returns it.
 func (l *callList) visit(buf []*call) []*call {
 	for i := range l.shards {

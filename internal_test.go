@@ -297,9 +297,10 @@ func TestSweepRepeatsCancellationUntilTheRoundTripReturns(t *testing.T) {
 	}
 }
 
-// The sweeper runs while requests are in flight and parks when none is, so that an idle
-// process does not wake up every period; stop ends it.
-func TestSweeperParksWhenIdle(t *testing.T) {
+// The sweeper runs while requests are in flight and leaves when none is, so that an idle
+// process neither wakes up every period nor keeps a goroutine; the next request starts it
+// again, and stop ends it.
+func TestSweeperLeavesWhenIdle(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	defer srv.Close()
 	res, err := New(Params{Config: DefaultConfig()})
@@ -315,12 +316,15 @@ func TestSweeperParksWhenIdle(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if n := o.sweep.live.Load(); n != 1 {
+			t.Errorf("%d sweeper goroutines while a request is in flight, want 1", n)
+		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		deadline := time.Now().Add(10 * time.Second)
-		for o.sweep.state.Load() != sweepParked {
+		for o.sweep.state.Load() != sweepIdle || o.sweep.live.Load() != 0 {
 			if time.Now().After(deadline) {
-				t.Fatalf("sweeper state %d with nothing in flight, want parked", o.sweep.state.Load())
+				t.Fatalf("sweeper state %d, %d goroutines with nothing in flight, want idle and none", o.sweep.state.Load(), o.sweep.live.Load())
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -330,6 +334,44 @@ func TestSweeperParksWhenIdle(t *testing.T) {
 	}
 	if s := o.sweep.state.Load(); s != sweepStopped {
 		t.Errorf("sweeper state %d after stop, want stopped", s)
+	}
+	o.sweep.stop() // again: nothing to do
+}
+
+// Requests that come and go while the sweeper leaves and starts again always have one
+// sweeping for them: no deadline is left unenforced.
+func TestSweeperHandOverUnderChurn(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hang" {
+			<-r.Context().Done()
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	cfg := DefaultConfig()
+	cfg.Timeout = 64 * time.Millisecond // a sweep every millisecond
+	res, err := New(Params{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Shutdown(context.Background(), res.Client)
+	o := ownerOf(res.Client)
+	for i := range 200 {
+		if i%2 == 0 { // let the sweeper leave now and then
+			time.Sleep(time.Duration(i%5) * time.Millisecond)
+		}
+		if resp, err := res.Client.Get(srv.URL); err == nil {
+			resp.Body.Close()
+		}
+		if n := o.sweep.live.Load(); n > 2 {
+			t.Fatalf("%d sweeper goroutines at once, want at most one sweeping and one leaving", n)
+		}
+	}
+	began := time.Now()
+	_, err = res.Client.Get(srv.URL + "/hang")
+	if err == nil || time.Since(began) > 2*time.Second {
+		t.Fatalf("a hung request returned %v after %v: its Timeout of 64ms was not enforced", err, time.Since(began))
 	}
 }
 

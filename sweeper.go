@@ -1,6 +1,7 @@
 package httpfx
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -8,32 +9,32 @@ import (
 // sweeper enforces the deadlines of the calls in flight (Config.Timeout, an upstream's
 // Timeout, Config.ResponseHeaderTimeout): every period it looks through them and fails those
 // past a deadline. It replaces a timer and a context per request, which cost net/http ten
-// allocations on every request, with one goroutine per owner: started by the first request
-// that has a deadline, parked while nothing is in flight, stopped and waited for by stop. A
-// deadline is met within one period, a sixty-fourth of the shortest timeout (at least 1ms, at
-// most 50ms). It is safe for concurrent use once init ran.
+// allocations on every request, with one goroutine per owner while requests are in flight:
+// started by the first request that has a deadline, gone once a sweep finds nothing in flight
+// (so that an idle process neither wakes up every period nor keeps a goroutine, even one whose
+// app never started), started again by the next such request, stopped and waited for by stop.
+// A deadline is met within one period, a sixty-fourth of the shortest timeout (at least 1ms,
+// at most 50ms). It is safe for concurrent use once init ran.
 type sweeper struct {
 	o      *owner
-	period atomic.Int64  // nanoseconds between sweeps
-	state  atomic.Int32  // sweepIdle, sweepRunning, sweepParked or sweepStopped
-	wake   chan struct{} // a parked sweeper's: a call came
-	quit   chan struct{} // closed by stop
-	exited chan struct{} // closed when the goroutine returns
-	buf    []*call       // the goroutine's, reused between sweeps
+	period atomic.Int64   // nanoseconds between sweeps
+	state  atomic.Int32   // sweepIdle, sweepRunning or sweepStopped
+	live   atomic.Int32   // goroutines of run that have not returned; for tests
+	mu     sync.Mutex     // orders the start of a goroutine with stop
+	wg     sync.WaitGroup // the goroutines of run
+	quit   chan struct{}  // closed by stop
+	buf    []*call        // the sweeping goroutine's, reused between sweeps
 }
 
 const (
-	sweepIdle    = iota // never started
-	sweepRunning        // sweeping every period
-	sweepParked         // waiting for a call
+	sweepIdle    = iota // no goroutine sweeps: nothing with a deadline is in flight
+	sweepRunning        // a goroutine sweeps every period
 	sweepStopped        // stopped: never starts again
 )
 
 func (s *sweeper) init(o *owner) {
 	s.o = o
-	s.wake = make(chan struct{}, 1)
 	s.quit = make(chan struct{})
-	s.exited = make(chan struct{})
 	s.period.Store(int64(50 * time.Millisecond))
 	s.bound(o.cfg.Timeout)
 	s.bound(o.cfg.ResponseHeaderTimeout)
@@ -51,8 +52,8 @@ func (s *sweeper) bound(d time.Duration) {
 	}
 }
 
-// kick makes sure the sweeper runs, now that a call with a deadline is listed: while it runs,
-// one atomic load.
+// kick makes sure a goroutine sweeps, now that a call with a deadline is listed: while one
+// does, one atomic load.
 func (s *sweeper) kick() {
 	if s.state.Load() != sweepRunning {
 		s.kickSlow()
@@ -60,39 +61,30 @@ func (s *sweeper) kick() {
 }
 
 func (s *sweeper) kickSlow() {
-	for {
-		switch s.state.Load() {
-		case sweepRunning, sweepStopped:
-			return
-		case sweepIdle:
-			if s.state.CompareAndSwap(sweepIdle, sweepRunning) {
-				go s.run()
-				return
-			}
-		case sweepParked:
-			if s.state.CompareAndSwap(sweepParked, sweepRunning) {
-				select {
-				case s.wake <- struct{}{}:
-				default:
-				}
-				return
-			}
-		}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state.CompareAndSwap(sweepIdle, sweepRunning) {
+		s.wg.Add(1)
+		s.live.Add(1)
+		go s.run()
 	}
 }
 
-// stop stops the goroutine, if it started, and waits until it has returned. No sweep runs
-// after stop returns; the deadlines of calls still in flight are then stop's to enforce.
+// stop stops the goroutines, if any, and waits until they have returned. No sweep runs after
+// stop returns; the deadlines of calls still in flight are then stop's to enforce. It may be
+// called more than once.
 func (s *sweeper) stop() {
-	if s.state.Swap(sweepStopped) == sweepIdle {
-		return
+	s.mu.Lock()
+	if s.state.Swap(sweepStopped) != sweepStopped {
+		close(s.quit)
 	}
-	close(s.quit)
-	<-s.exited
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
 func (s *sweeper) run() {
-	defer close(s.exited)
+	defer s.wg.Done()
+	defer s.live.Add(-1)
 	t := time.NewTimer(time.Duration(s.period.Load()))
 	defer t.Stop()
 	for {
@@ -101,16 +93,14 @@ func (s *sweeper) run() {
 			return
 		case <-t.C:
 		}
-		if s.sweep() == 0 { // nothing in flight: park until a call comes
-			s.state.CompareAndSwap(sweepRunning, sweepParked)
-			if s.sweep() > 0 { // one came meanwhile: its kick may have seen the sweeper running
-				s.state.CompareAndSwap(sweepParked, sweepRunning)
-			} else {
-				select {
-				case <-s.wake:
-				case <-s.quit:
-					return
-				}
+		if s.sweep() == 0 { // nothing in flight: leave
+			if !s.state.CompareAndSwap(sweepRunning, sweepIdle) {
+				return // stopped
+			}
+			// A call that came meanwhile may have seen the sweeper running, and started none:
+			// sweep on for it, unless its kick (or another's) started a goroutine already.
+			if s.o.calls.empty() || !s.state.CompareAndSwap(sweepIdle, sweepRunning) {
+				return
 			}
 		}
 		t.Reset(time.Duration(s.period.Load()))
