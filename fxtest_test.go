@@ -42,6 +42,21 @@ func mustGet(t testing.TB, c *http.Client, url string) string {
 	return s
 }
 
+// mustDo sends req through c and returns the whole body.
+func mustDo(t testing.TB, c *http.Client, req *http.Request) string {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 // graph is what a test takes from the app.
 type graph struct {
 	Client    *http.Client

@@ -560,13 +560,7 @@ func TestCredentialHeadersDoNotFollowRedirectsElsewhere(t *testing.T) {
 		for h, v := range map[string]string{"Authorization": "a", "Proxy-Authorization": "pa", "Cookie": "c", "Cookie2": "c2", "Www-Authenticate": "wa", "Proxy-Authenticate": "pw"} {
 			req.Header.Set(h, v)
 		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(b) != tt.want {
+		if b := mustDo(t, client, req); b != tt.want {
 			t.Errorf("redirect %s: the target saw %q, want %q", tt.give, b, tt.want)
 		}
 	}
@@ -600,13 +594,7 @@ func TestUpstreamHostHeader(t *testing.T) {
 		{name: "the caller's own Host", give: own, want: "chosen.internal"},
 		{name: "another host", give: mustRequest(t, other.URL+"/x"), want: strings.TrimPrefix(other.URL, "http://")},
 	} {
-		resp, err := g.Up.Do(tt.give)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(b) != tt.want {
+		if b := mustDo(t, g.Up, tt.give); b != tt.want {
 			t.Errorf("%s: the server saw Host %q, want %q", tt.name, b, tt.want)
 		}
 	}
