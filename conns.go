@@ -2,97 +2,138 @@ package httpfx
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"crypto/tls"
 	"io"
-	"math/rand/v2"
 	"net"
+	"net/http/httptrace"
 	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/httpfx/httpfx/internal/dnscache"
 )
-
-// errDialAfterStop is the error of a dial the owned transport attempts after stop.
-var errDialAfterStop = fmt.Errorf("%w: no new connection after stop", ErrClosed)
-
-// errRetired is the error of a write to a connection httpfx retired or found closed by the
-// server: nothing was written, so net/http sends the request on another connection if it can.
-var errRetired = errors.New("httpfx: connection retired before the request was written")
 
 // dialFunc is the type of http.Transport.DialContext.
 type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
+// Reasons a connection closed, besides the Retired ones; see ConnEvent.Reason.
+const (
+	reasonClosed = "closed"
+	reasonStop   = "stop"
+)
+
 // connSet holds the open connections of the owned transport, so that stop can close the ones
-// still in use, which http.Transport cannot, and health can retire them. It changes only when
-// a connection is dialled or closed, never per request. It is safe for concurrent use.
+// still in use, which http.Transport cannot, and so that health can retire them. It changes
+// only when a connection is dialled or closed, never per request, and it tells the
+// observers. It is safe for concurrent use.
 type connSet struct {
 	stats  *Stats
-	health *health
-	dns    *dnsCache
-	onLast func(addr string) // called, outside the lock, when the last connection to addr closes
-	obs    *observers        // nil unless observed
+	health *health         // nil: connections are only counted
+	dns    *dnscache.Cache // the resolver of the dials; nil if the transport dials otherwise
+	h2c    bool            // the transport speaks HTTP/2 without TLS (and not HTTP/1.1 there)
+	onLast func(string)    // called, outside the lock, when the last connection to an address closes
+	obs    []Observer      // told of each connection's changes; nil: none
+	stop   context.Context // ends the dials in flight at stop
+	cancel context.CancelFunc
+	trace  httptrace.ClientTrace // gotConn, for the requests whose connection health checks
 
 	mu      sync.Mutex
-	conns   map[*trackedConn]struct{}
+	conns   map[*conn]struct{}
 	perAddr map[string]int // open connections by dialled address
 	closed  bool           // no more dials: stop has closed the set
+
+	// events is held for reading while an event is told to the observers, and for writing by
+	// stop once it has closed the set, so that no event reaches an observer after stop.
+	events sync.RWMutex
+	silent bool // stop has returned: events are no longer told; guarded by events
 }
 
-// wrap returns a dial function that counts and records every connection dial opens, and
-// refuses to dial once the set is closed.
+// conn is a connection of the owned transport; closing it removes it from its set.
+type conn struct {
+	net.Conn
+	set  *connSet
+	addr string         // as dialled
+	dns  *dnscache.Conn // the cached name's connection, for refreshes; nil if none
+	ip   netip.Addr     // the address it is connected to
+	h    *connHealth    // nil without health
+
+	gone   atomic.Bool // DNS no longer returns ip
+	closed atomic.Bool
+	reason string    // why it closed: set once, by whoever closes it first (closeFor)
+	opened time.Time // for the observers; zero unless observed
+	peer   string    // the remote address, for the observers
+	state  atomic.Int32
+}
+
+// The state word of an observed connection: the requests it carries, and connGone once it is
+// closed, so that every change is one atomic step and its events always add up.
+const connGone = 1 << 30
+
+// dialHook is what a dial reports to the code that asked for it (prewarm.go), found in the
+// dial's context under dialHookKey.
+type dialHook struct {
+	began func()      // the dial begins
+	ended func(error) // the dial (with tls, the handshake) ended
+	tls   bool        // the TLS handshake's outcome is the one that counts: ended is told elsewhere
+}
+
+type dialHookKey struct{}
+
+func newConnSet(stats *Stats) *connSet {
+	s := &connSet{stats: stats}
+	s.stop, s.cancel = context.WithCancel(context.Background())
+	s.trace.GotConn = s.gotConn
+	return s
+}
+
+// wrap returns a dial function that counts and records every connection dial opens, refuses
+// to dial once the set is closed, and ends the dials in flight when stop closes it.
 func (s *connSet) wrap(dial dialFunc) dialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if s.isClosed() {
 			return nil, errDialAfterStop
 		}
-		p, _ := ctx.Value(prewarmKey{}).(*prewarmDial) // a dial of prewarm: cold path only
-		if p != nil {
-			p.began()
+		hook, _ := ctx.Value(dialHookKey{}).(*dialHook)
+		if hook != nil {
+			hook.began()
 		}
-		if cl := callOf(ctx); cl != nil { // a dial for a request: its header clock waits
-			cl.dialStarted()
-			defer cl.dialEnded()
-		}
-		c, err := dial(ctx, network, addr)
-		if p != nil && err != nil {
-			p.report(err)
-		}
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(s.stop, cancel)()
+		nc, err := dial(ctx, network, addr)
 		if err != nil {
+			if hook != nil {
+				hook.ended(err)
+			}
+			if s.stop.Err() != nil {
+				return nil, errDialAfterStop
+			}
 			return nil, err
 		}
-		if p != nil && !p.tls {
-			defer p.report(nil) // once it is counted
+		c := &conn{Conn: nc, set: s, addr: addr}
+		if dc, ok := nc.(*dnscache.Conn); ok {
+			c.Conn, c.dns = dc.Conn, dc
 		}
-		tc := &trackedConn{Conn: c, set: s, addr: addr}
-		if rc, ok := c.(*resolvedConn); ok {
-			tc.Conn, tc.host, tc.dns = rc.Conn, rc.host, rc.entry
+		if ta, ok := c.Conn.RemoteAddr().(*net.TCPAddr); ok {
+			c.ip = ta.AddrPort().Addr().Unmap()
 		}
-		if ta, ok := tc.Conn.RemoteAddr().(*net.TCPAddr); ok {
-			tc.ip = ta.AddrPort().Addr().Unmap()
+		if s.health != nil {
+			c.h = s.health.newConnHealth(addr, c.Conn)
 		}
-		if h := s.health; h != nil {
-			tc.reqStart.Store(-1)
-			if sc, ok := tc.Conn.(syscall.Conn); ok {
-				tc.raw, _ = sc.SyscallConn()
-			}
-			tc.peer = h.peerFor(addr)
-			now := h.clock.now()
-			tc.lastRead.Store(now)
-			tc.lastWrite.Store(now)
-			if l := int64(h.lifetime); l > 0 {
-				tc.expires = now + l - rand.Int64N(l/10+1) // 90–100% of it: no reconnect storm
-			}
+		if s.obs != nil {
+			c.opened, c.peer = time.Now(), c.Conn.RemoteAddr().String()
 		}
-		s.obs.dialled(tc)
-		if !s.add(tc) {
-			c.Close()
+		if !s.add(c) {
+			nc.Close()
 			return nil, errDialAfterStop
 		}
-		s.obs.connOpened(tc)
-		return tc, nil
+		if hook != nil && !hook.tls {
+			hook.ended(nil)
+		}
+		s.event(c, ConnOpened)
+		return c, nil
 	}
 }
 
@@ -102,14 +143,14 @@ func (s *connSet) isClosed() bool {
 	return s.closed
 }
 
-func (s *connSet) add(c *trackedConn) bool {
+func (s *connSet) add(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
 	if s.conns == nil {
-		s.conns = make(map[*trackedConn]struct{})
+		s.conns = make(map[*conn]struct{})
 		s.perAddr = make(map[string]int)
 	}
 	s.conns[c] = struct{}{}
@@ -119,7 +160,7 @@ func (s *connSet) add(c *trackedConn) bool {
 	return true
 }
 
-func (s *connSet) remove(c *trackedConn) {
+func (s *connSet) remove(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.stats.open.Add(-1)
@@ -129,7 +170,14 @@ func (s *connSet) remove(c *trackedConn) {
 		delete(s.perAddr, c.addr)
 	}
 	s.mu.Unlock()
-	s.obs.connClosed(c)
+	if s.obs != nil {
+		v := c.state.Or(connGone)
+		if v > 0 {
+			s.stats.states.inUse.Add(-1)
+		}
+		s.tell(ConnEvent{Kind: ConnClosed, Addr: c.addr, Peer: c.peer, Reason: c.reason,
+			Age: time.Since(c.opened), WasActive: v > 0})
+	}
 	if last && s.onLast != nil {
 		s.onLast(c.addr)
 	}
@@ -142,162 +190,159 @@ func (s *connSet) count(addr string) int {
 	return s.perAddr[addr]
 }
 
-// markGone marks the connections to host whose address is not in keep, so that they are
-// retired when a request next takes them.
+// markGone marks the connections to host whose address is not in keep as gone, so that they
+// are retired when a request next takes them, and clears the mark of those whose address is
+// back.
 func (s *connSet) markGone(host string, keep []netip.Addr) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		if c.host == host && c.ip.IsValid() && !slices.Contains(keep, c.ip) {
-			c.gone.Store(true)
+		if c.dns != nil && c.dns.Host == host && c.ip.IsValid() {
+			c.gone.Store(!slices.Contains(keep, c.ip))
 		}
 	}
 }
 
-// closeAll closes the set to new dials and closes every connection still open, returning how
-// many it closed.
+// closeAll closes the set to new dials, ends the dials in flight, closes every connection
+// still open and returns how many it closed.
 func (s *connSet) closeAll() int {
 	s.mu.Lock()
 	s.closed = true
-	conns := make([]*trackedConn, 0, len(s.conns))
+	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	s.cancel()
 	for _, c := range conns {
 		c.closeFor(reasonStop)
 	}
 	return len(conns)
 }
 
-// trackedConn is a connection of the owned transport; closing it removes it from its set.
-//
-// With health on, it notes with one monotonic clock read per Read or Write when it last read
-// and wrote, and health arms it when a request takes it from the idle pool (an HTTP/1.1
-// connection, before the request writes a byte): the armed write, and only that one, checks
-// whether the server has closed the connection meanwhile, and marks where the request begins,
-// so that a close before the server acknowledged any of it proves the request unsent. Every
-// other write, of a request, a body or an upgraded stream, passes straight through.
-type trackedConn struct {
-	net.Conn
-	set     *connSet
-	addr    string          // as dialled
-	host    string          // the name the DNS cache resolved; empty if none
-	dns     *dnsEntry       // the name's cache entry; nil if none
-	ip      netip.Addr      // the address it is connected to
-	peer    *peer           // what is known of addr; nil without health
-	expires int64           // on health's clock, when it is past MaxConnLifetime; zero: never
-	raw     syscall.RawConn // the socket, for the peek and TCP_INFO; nil if none
-
-	lastRead   atomic.Int64 // on health's clock: the last Read that returned data
-	lastWrite  atomic.Int64 // the last Write
-	unanswered atomic.Int64 // the first Write since the last Read that returned data
-	written    atomic.Int64 // bytes written
-	proto      atomic.Int32 // protoUnknown, protoH1 or protoH2, from the first request that took it
-	gone       atomic.Bool  // DNS no longer returns ip
-	closed     atomic.Bool
-
-	// Set by health when a request takes the connection from the idle pool, consumed by that
-	// request's first write; then read by the goroutines of that request only.
-	armed    atomic.Bool
-	idleFor  atomic.Int64 // how long it had been idle when it was taken
-	reqStart atomic.Int64 // written when the armed request began; -1: none in flight
-	reqAt    atomic.Int64 // when, on health's clock
-
-	peekFn     func(uintptr) // peekFD, made once; used by the armed write only
-	peekClosed bool          // peekFD's answer
-
-	reason string  // why it closed: set once, by whoever closes it first (closeFor)
-	obs    connObs // its observed state; zero unless observed
+// quiet waits until the events being told are told, and tells no more.
+func (s *connSet) quiet() {
+	s.events.Lock()
+	s.silent = true
+	s.events.Unlock()
 }
 
-// What a connection speaks, once a request has taken it.
-const (
-	protoUnknown = iota
-	protoH1
-	protoH2
-)
+// gotConn is the httptrace hook of the requests whose connection health checks: it runs on
+// the request's goroutine when the request has its connection, before it writes. It asks for
+// a DNS refresh of the connection's name if one is due, and retires the connection if health
+// says so: nothing of the request has been written, so net/http sends it on another
+// connection (only requests that can be sent again carry this hook).
+func (s *connSet) gotConn(info httptrace.GotConnInfo) {
+	c := s.connOf(info.Conn)
+	if c == nil || c.h == nil {
+		return
+	}
+	if info.Reused && c.dns != nil {
+		s.dns.Due(c.dns)
+	}
+	if reason := c.h.taken(info, s.protoOf(info.Conn), c.gone.Load()); reason != "" {
+		c.retire(reason)
+		s.stats.replayed.Add(1)
+	}
+}
 
-// Read notes when data arrives. A close or reset of an idle HTTP/1.1 connection, which
-// net/http's read loop sees at once, teaches its address the server's idle bound. A close
-// (EOF) that ends the armed request's wait for its response before the server's TCP
-// acknowledged any byte of it proves the request unsent.
-func (c *trackedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	h := c.set.health
-	if h == nil {
-		return n, err
+// protoOf tells what a connection a request took speaks: HTTP/2 if TLS negotiated it, or if
+// the transport speaks HTTP/2 without TLS, which it does only with HTTP/1.1 off.
+func (s *connSet) protoOf(nc net.Conn) int32 {
+	if tc, ok := nc.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
+		return protoH2
 	}
-	now := h.clock.now()
-	if n > 0 {
-		c.lastRead.Store(now)
-		return n, err
+	if _, ok := nc.(*tls.Conn); !ok && s.h2c {
+		return protoH2
 	}
-	if err != nil && !c.closed.Load() && c.proto.Load() == protoH1 && c.lastRead.Load() >= c.lastWrite.Load() &&
-		(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
-		// The server closed a connection whose last exchange was its response: idle in the
-		// pool, where net/http's read loop waits on it. How long it had been idle is the
-		// server's idle bound, learned before any request meets the next such close. (A
-		// response delimited by the close that pauses before it teaches a bound too short:
-		// it costs reconnections until observedFor passes, never a request.)
-		c.learn(time.Duration(now - c.lastRead.Load()))
-		return n, err
+	return protoH1
+}
+
+// connOf returns the connection of the set under nc, a connection net/http reports, or nil.
+func (s *connSet) connOf(nc net.Conn) *conn {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
 	}
-	if errors.Is(err, io.EOF) && !c.closed.Load() && c.proto.Load() == protoH1 {
-		if start := c.reqStart.Load(); start >= 0 && c.lastRead.Load() < c.reqAt.Load() && c.written.Load() > start {
-			// Only an orderly close: its segment acknowledges what the server's TCP had
-			// received, while Linux ignores the acknowledgement field of a reset.
-			if acked, ok := c.ackedBytes(); ok && acked-1 <= start { // bytes_acked counts the SYN
-				// The server closed before the request arrived, and never read it; it had
-				// been idle for idleFor when it was taken: the server's idle bound.
-				c.learn(time.Duration(c.idleFor.Load()))
-				return n, &unsentError{err: err}
-			}
+	if c, ok := nc.(*conn); ok && c.set == s {
+		return c
+	}
+	return nil
+}
+
+// event tells the observers that c changed to kind k.
+func (s *connSet) event(c *conn, k ConnEventKind) {
+	if s.obs != nil {
+		s.tell(ConnEvent{Kind: k, Addr: c.addr, Peer: c.peer})
+	}
+}
+
+func (s *connSet) tell(ev ConnEvent) {
+	s.events.RLock()
+	defer s.events.RUnlock()
+	if s.silent {
+		return
+	}
+	for _, x := range s.obs {
+		x.ConnChanged(ev)
+	}
+}
+
+// acquire counts one more request on c, reporting false if c is closed.
+func (s *connSet) acquire(c *conn) bool {
+	for {
+		v := c.state.Load()
+		if v&connGone != 0 {
+			return false
 		}
+		if c.state.CompareAndSwap(v, v+1) {
+			if v == 0 {
+				s.stats.states.inUse.Add(1)
+				s.event(c, ConnActive)
+			}
+			return true
+		}
+	}
+}
+
+// release counts one request less on c.
+func (s *connSet) release(c *conn) {
+	if c.state.Add(-1) == 0 {
+		s.stats.states.inUse.Add(-1)
+		s.event(c, ConnIdle)
+	}
+}
+
+// Read reads, and lets health note it.
+func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.h != nil {
+		err = c.h.read(n, err, c.closed.Load())
 	}
 	return n, err
 }
 
-// unsentError is the error of a read that found the connection closed by its server before
-// the server's TCP had acknowledged any byte of the request written to it: the request never
-// reached the server, and the tracker sends it again (see neverSent).
-type unsentError struct{ err error }
-
-func (e *unsentError) Error() string { return e.err.Error() }
-func (e *unsentError) Unwrap() error { return e.err }
-
-// Write writes p. The armed write, the first of a request that took the connection from the
-// idle pool, first checks that the server has not closed the connection meanwhile, as late as
-// can be; if it has, it writes nothing and retires the connection, so that the request
-// provably never reached the server and net/http sends it on another connection.
-func (c *trackedConn) Write(p []byte) (int, error) {
-	if h := c.set.health; h != nil {
-		now := h.clock.now()
-		if c.armed.CompareAndSwap(true, false) {
-			if idle := time.Duration(c.idleFor.Load()); idle >= peekAfter && c.closedByPeer() {
-				c.learn(idle)
-				c.retire(RetiredServerClosed)
-				h.stats.replayed.Add(1) // only requests that can be sent again are armed
-				return 0, errRetired
-			}
-			c.reqStart.Store(c.written.Load())
-			c.reqAt.Store(now)
-		}
-		if c.lastRead.Load() >= c.lastWrite.Load() {
-			c.unanswered.Store(now) // the first write since the peer last sent anything
-		}
-		c.lastWrite.Store(now)
+// Write writes p, unless health retires the connection first: then nothing is written, and
+// net/http sends the request on another connection.
+func (c *conn) Write(p []byte) (int, error) {
+	if c.h != nil && c.h.beforeWrite() {
+		c.retire(RetiredServerClosed)
+		c.set.stats.replayed.Add(1) // only requests that can be sent again are armed
+		return 0, errRetired
 	}
 	n, err := c.Conn.Write(p)
-	c.written.Add(int64(n))
+	if c.h != nil {
+		c.h.wrote(int64(n))
+	}
 	return n, err
 }
 
 // ReadFrom keeps the underlying connection's io.ReaderFrom (sendfile, splice) for request
 // bodies copied from files.
-func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
-	if h := c.set.health; h != nil {
-		c.lastWrite.Store(h.clock.now())
+func (c *conn) ReadFrom(r io.Reader) (int64, error) {
+	if c.h != nil && c.h.beforeWrite() {
+		c.retire(RetiredServerClosed)
+		c.set.stats.replayed.Add(1)
+		return 0, errRetired
 	}
 	var n int64
 	var err error
@@ -306,7 +351,9 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 	} else {
 		n, err = io.Copy(writerOnly{c.Conn}, r)
 	}
-	c.written.Add(n)
+	if c.h != nil {
+		c.h.wrote(n)
+	}
 	return n, err
 }
 
@@ -315,20 +362,15 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 type writerOnly struct{ io.Writer }
 
 // Close closes the connection for net/http, the peer or a caller: the reason "closed", or
-// "dead" for an HTTP/2 connection closed after a write went unanswered for HTTP2PingTimeout
-// (tls.Conn's Close writes an alert first, so what counts is the first write since the peer
-// last sent data).
-func (c *trackedConn) Close() error { return c.closeFor(reasonClosed) }
+// "dead" for an HTTP/2 connection whose peer stopped answering.
+func (c *conn) Close() error { return c.closeFor(reasonClosed) }
 
 // closeFor closes the connection and, if it is the first to, records reason as why.
-func (c *trackedConn) closeFor(reason string) error {
+func (c *conn) closeFor(reason string) error {
 	if c.closed.CompareAndSwap(false, true) {
-		if h := c.set.health; h != nil && reason == reasonClosed && h.deadAt > 0 && c.proto.Load() == protoH2 {
-			lr, fu := c.lastRead.Load(), c.unanswered.Load()
-			if fu > lr && h.clock.now()-fu >= int64(h.deadAt) {
-				reason = RetiredDead
-				c.set.stats.retired(RetiredDead)
-			}
+		if reason == reasonClosed && c.h != nil && c.h.dead() {
+			reason = RetiredDead
+			c.set.stats.retired(RetiredDead)
 		}
 		c.reason = reason
 		c.set.remove(c)
@@ -338,15 +380,7 @@ func (c *trackedConn) closeFor(reason string) error {
 
 // retire closes the connection for reason, one of the Retired constants, before a request
 // writes to it.
-func (c *trackedConn) retire(reason string) {
+func (c *conn) retire(reason string) {
 	c.set.stats.retired(reason)
 	c.closeFor(reason)
-}
-
-// learn teaches the connection's address that its server closed a connection that had been
-// idle in the pool for d.
-func (c *trackedConn) learn(d time.Duration) {
-	if c.peer != nil {
-		c.peer.learnObserved(d, c.set.health.clock.now())
-	}
 }

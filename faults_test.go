@@ -503,7 +503,8 @@ func TestStopCutsBodyNeverClosed(t *testing.T) {
 }
 
 // A caller that cancels its context while the body is still coming, and neither reads nor
-// closes the body, takes the request out of flight at once: stop then has nothing to wait for.
+// closes the body, does not hold stop: the request is finished as soon as stop looks at it
+// (or by the sampled reap, under traffic), and is not counted as cut.
 func TestCancelMidBodyLeavesInFlight(t *testing.T) {
 	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "partial")
@@ -526,8 +527,6 @@ func TestCancelMidBodyLeavesInFlight(t *testing.T) {
 	}
 
 	cancel()
-	waitForWithin(t, 5*time.Second, "the canceled request leaves the in-flight count without a read or close",
-		func() bool { return g.Stats.Snapshot().InFlight == 0 })
 	var stopErr error
 	relWithin(t, hangBound, "stop", func() { stopErr = app.Stop(context.Background()) })
 	if stopErr != nil {

@@ -1,6 +1,7 @@
 package httpfx
 
 import (
+	"context"
 	"crypto/tls"
 	"maps"
 	"net"
@@ -90,7 +91,7 @@ func (g *h2gate) enter(req *http.Request) (*http.Request, *h2lead, error) {
 		select {
 		case <-l.done:
 		case <-req.Context().Done():
-			return req, nil, causeOf(req.Context())
+			return req, nil, context.Cause(req.Context())
 		}
 	}
 }

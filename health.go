@@ -1,34 +1,13 @@
 package httpfx
 
 import (
-	"context"
-	"crypto/tls"
-	"errors"
 	"net"
-	"net/http"
-	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-)
-
-// Why a connection was retired. They are the keys of Snapshot.ConnsRetired.
-const (
-	// RetiredIdle: it had been idle for nearly as long as its server keeps an idle
-	// connection (learned per address), so the server could close it under the next request.
-	RetiredIdle = "idle"
-	// RetiredLifetime: it was older than Config.MaxConnLifetime.
-	RetiredLifetime = "lifetime"
-	// RetiredAddressGone: DNS no longer returns the address it is connected to.
-	RetiredAddressGone = "address_gone"
-	// RetiredServerClosed: the server had closed it (or sent data unasked) while it was idle.
-	RetiredServerClosed = "server_closed"
-	// RetiredDead: net/http closed it after its peer stopped answering (an HTTP/2 ping, or a
-	// write, unanswered for HTTP2PingTimeout).
-	RetiredDead = "dead"
 )
 
 const (
@@ -49,37 +28,21 @@ const (
 	// Keep-Alive header holds until the next header says otherwise.
 	observedFor = 10 * time.Minute
 
-	// maxReplays bounds how often one request that provably never reached the server is sent
-	// again: each time, the pool had handed it a connection the server had just closed.
-	maxReplays = 3
-
 	// maxPeers bounds the addresses whose idle bound httpfx remembers.
 	maxPeers = 4096
 )
 
-// clock reads the monotonic clock as nanoseconds since the owner was built: one cheap read,
-// with no wall clock and no allocation.
-type clock struct{ epoch time.Time }
-
-func (c *clock) now() int64 { return int64(time.Since(c.epoch)) }
-
-// at returns the time of ns on the clock.
-func (c *clock) at(ns int64) time.Time { return c.epoch.Add(time.Duration(ns)) }
-
-// health keeps the owned transport's connections healthy between start and stop: it learns
-// each address's idle bound, and retires a connection that a request takes from the idle pool
-// when it is past that bound, past its lifetime, connected to an address DNS dropped, or
-// already closed by the server. A retired connection is closed before any byte of the request
-// is written to it, so net/http sends the request on another connection: it does so for a
-// request whose body can be rewound (no body, or GetBody), and only those requests carry the
-// trace that retires. It is safe for concurrent use.
+// health is what httpfx knows of the servers its transport dials, so that a connection is
+// retired before it can lose a request: each dialled address's idle bound (how long its
+// server keeps an idle connection open), learned from Keep-Alive headers and from the
+// server's closes of idle connections, and the settings that retire connections (lifetime,
+// dead HTTP/2 peers). The connections themselves check it (healthconn.go). It is safe for
+// concurrent use.
 type health struct {
 	stats    *Stats
 	clock    *clock
-	h2c      bool          // the transport may speak HTTP/2 without TLS
 	lifetime time.Duration // Config.MaxConnLifetime
 	deadAt   time.Duration // a write unanswered this long before net/http closes: dead
-	trace    httptrace.ClientTrace
 
 	mu    sync.Mutex
 	peers map[string]*peer // by dialled address
@@ -87,7 +50,6 @@ type health struct {
 
 // peer is what httpfx knows of one dialled address.
 type peer struct {
-	addr       string
 	idleBound  atomic.Int64 // nanoseconds the server keeps an idle connection; zero: unknown
 	fromHeader atomic.Bool  // idleBound came from a Keep-Alive header
 	observedAt atomic.Int64 // on health's clock, when a close last taught or confirmed idleBound
@@ -102,121 +64,30 @@ func newHealth(cfg Config, stats *Stats, clk *clock) *health {
 		}
 		h.deadAt = p * 9 / 10
 	}
-	h.trace.GotConn = h.gotConn
 	return h
 }
 
-// traced returns ctx with the trace that checks the connection a request takes. The trace is
-// shared by every request; a context that has a trace of its own gets a copy, because
-// httptrace composes the two into the new one.
-func (h *health) traced(ctx context.Context) context.Context {
-	if httptrace.ContextClientTrace(ctx) != nil {
-		t := h.trace
-		return httptrace.WithClientTrace(ctx, &t)
+// peerFor returns the record of addr, new if needed, or nil past maxPeers.
+func (h *health) peerFor(addr string) *peer {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p := h.peers[addr]; p != nil {
+		return p
 	}
-	return httptrace.WithClientTrace(ctx, &h.trace)
-}
-
-// rewindable reports whether net/http can send req again on another connection: it has no
-// body, or GetBody rewinds it.
-func rewindable(req *http.Request) bool {
-	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
-}
-
-// neverSent reports whether err proves that the request never reached the server, so that it
-// can be sent again whatever its method (RFC 9110 §9.2.2 allows it when the client "can detect
-// that the original request was never applied"). Two failures prove it: net/http's "server
-// closed idle connection", which it returns only when the server's close of a pooled
-// connection was read before the request was counted on it, and so before any byte of it was
-// written (net/http replays those only for idempotent methods); and an *unsentError, a close
-// or reset after the request was written but before the server's TCP acknowledged any byte of
-// it (TCP_INFO, Linux). A reset or close after the server acknowledged the request proves
-// nothing: the server may have read it. Such requests are never replayed here.
-func neverSent(err error) bool {
-	var u *unsentError
-	return err.Error() == "http: server closed idle connection" || errors.As(err, &u)
-}
-
-// rewind returns a copy of req, which net/http has sent and closed the body of, with its body
-// rewound, or false if it cannot be rewound.
-func rewind(req *http.Request) (*http.Request, bool) {
-	if req.Body == nil || req.Body == http.NoBody {
-		return req, true
+	if len(h.peers) >= maxPeers {
+		return nil
 	}
-	if req.GetBody == nil {
-		return nil, false
+	if h.peers == nil {
+		h.peers = make(map[string]*peer)
 	}
-	b, err := req.GetBody()
-	if err != nil {
-		return nil, false
-	}
-	r := *req
-	r.Body = b
-	return &r, true
-}
-
-// gotConn runs on the request's goroutine when it has its connection, before it writes. A
-// connection that is reused and speaks HTTP/1.1 (an HTTP/2 one may carry other streams) is
-// retired if it is connected to an address DNS dropped, past its lifetime, or idle for nearly
-// its server's idle bound: nothing of the request has been written, so net/http sends it on
-// another connection. Otherwise it is armed: the request's first write checks, as late as can
-// be, that the server has not closed it (trackedConn.Write).
-func (h *health) gotConn(info httptrace.GotConnInfo) {
-	c := trackedOf(info.Conn)
-	if c == nil {
-		return
-	}
-	proto := c.proto.Load()
-	if proto == protoUnknown {
-		proto = h.protoOf(info.Conn)
-		c.proto.Store(proto)
-	}
-	if !info.Reused {
-		return
-	}
-	now := h.clock.now()
-	if c.dns != nil {
-		c.set.dns.due(c.host, c.dns, now)
-	}
-	if proto != protoH1 {
-		return
-	}
-	reason := ""
-	switch {
-	case c.gone.Load():
-		reason = RetiredAddressGone
-	case c.expires != 0 && now >= c.expires:
-		reason = RetiredLifetime
-	case info.WasIdle && c.peer != nil && c.peer.retireAfter(now) > 0 && info.IdleTime >= c.peer.retireAfter(now):
-		reason = RetiredIdle
-	}
-	if reason != "" {
-		c.retire(reason)
-		h.stats.replayed.Add(1) // net/http sends it again: only requests that can be are traced
-		return
-	}
-	c.idleFor.Store(int64(info.IdleTime)) // zero if handed over straight from another request
-	c.armed.Store(true)
-}
-
-// protoOf tells what a connection a request took speaks: HTTP/2 if TLS negotiated it, or if
-// the transport speaks unencrypted HTTP/2 (which cannot be told from HTTP/1.1 here).
-func (h *health) protoOf(c net.Conn) int32 {
-	if tc, ok := c.(*tls.Conn); ok {
-		if tc.ConnectionState().NegotiatedProtocol == "h2" {
-			return protoH2
-		}
-		return protoH1
-	}
-	if h.h2c {
-		return protoH2
-	}
-	return protoH1
+	p := new(peer)
+	h.peers[addr] = p
+	return p
 }
 
 // keepAlive learns the idle bound a server announces in a "Keep-Alive: timeout=N" header, for
-// the address req's connection dialled (unknown addresses, such as a proxy's origin, are
-// left alone).
+// the address u's connection dialled (unknown addresses, such as a proxy's origin, are left
+// alone).
 func (h *health) keepAlive(u *url.URL, v string) {
 	secs, ok := keepAliveTimeout(v)
 	if !ok {
@@ -249,25 +120,7 @@ func keepAliveTimeout(v string) (int, bool) {
 	return 0, false
 }
 
-// peerFor returns the record of addr, new if needed, or nil past maxPeers.
-func (h *health) peerFor(addr string) *peer {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if p := h.peers[addr]; p != nil {
-		return p
-	}
-	if len(h.peers) >= maxPeers {
-		return nil
-	}
-	if h.peers == nil {
-		h.peers = make(map[string]*peer)
-	}
-	p := &peer{addr: addr}
-	h.peers[addr] = p
-	return p
-}
-
-// idleBounds returns the learned idle bound of every address that has one.
+// idleBounds returns the learned idle bound of every address that has one in force.
 func (h *health) idleBounds() map[string]time.Duration {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -312,16 +165,4 @@ func (p *peer) retireAfter(now int64) time.Duration {
 		return 0
 	}
 	return b - min(b/4, maxMargin)
-}
-
-// trackedOf returns the owned connection under c, a connection net/http reports.
-func trackedOf(c net.Conn) *trackedConn {
-	switch c := c.(type) {
-	case *trackedConn:
-		return c
-	case *tls.Conn:
-		tc, _ := c.NetConn().(*trackedConn)
-		return tc
-	}
-	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httptrace"
 	"net/url"
 	"runtime"
 	"strings"
@@ -75,9 +74,9 @@ func TestKeepsCredentials(t *testing.T) {
 }
 
 // Abandoned bodies whose context ended are finished by the sampled reap of their shard, so
-// they do not pile up in a service that never calls Snapshot or stops.
+// they do not pile up in a service that never stops.
 func TestSampledReapFinishesAbandonedBodies(t *testing.T) {
-	o, err := newOwner(DefaultConfig(), nil, nil)
+	o, err := newOwner(DefaultConfig(), nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,24 +85,24 @@ func TestSampledReapFinishesAbandonedBodies(t *testing.T) {
 	if !ok {
 		t.Fatal("not admitted")
 	}
-	b := &call{rc: io.NopCloser(strings.NewReader("")), o: o, watch: ctx}
-	b.phase.Store(phaseBody)
-	if !o.calls.add(b, seq) {
-		t.Fatal("call refused")
+	r := &request{o: o, parent: ctx, ctx: ctx, cancel: cancel, rc: io.NopCloser(strings.NewReader(""))}
+	r.bodyOut.Store(true)
+	if !o.requests.add(r, seq) {
+		t.Fatal("request refused")
 	}
-	o.calls.reap(seq + 1) // another shard: untouched
-	o.calls.reap(seq)
+	o.requests.reap(seq + 1) // another shard: untouched
+	o.requests.reap(seq)
 	if n := o.stats.gate.Load(); n != 1 {
 		t.Fatalf("in flight = %d before the context ends, want 1", n)
 	}
 	cancel()
-	o.calls.reap(seq + 1)
+	o.requests.reap(seq + 1)
 	if n := o.stats.gate.Load(); n != 1 {
 		t.Fatalf("reaping another shard finished the body: in flight = %d", n)
 	}
-	o.calls.reap(seq)
-	if n, f := o.stats.gate.Load(), o.stats.failed.Load(); n != 0 || f != 1 || len(o.calls.visit(nil)) != 0 {
-		t.Errorf("after the reap: in flight %d, failed %d, %d bodies listed; want 0, 1, 0", n, f, len(o.calls.visit(nil)))
+	o.requests.reap(seq)
+	if n, f := o.stats.gate.Load(), o.stats.failed.Load(); n != 0 || f != 1 || len(o.requests.visit()) != 0 {
+		t.Errorf("after the reap: in flight %d, failed %d, %d bodies listed; want 0, 1, 0", n, f, len(o.requests.visit()))
 	}
 }
 
@@ -213,7 +212,7 @@ func TestUnsentProof(t *testing.T) {
 				t.Fatal(err)
 			}
 			srv := <-accepted
-			o, err := newOwner(DefaultConfig(), nil, nil)
+			o, err := newOwner(DefaultConfig(), nil, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -223,11 +222,11 @@ func TestUnsentProof(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c := nc.(*trackedConn)
+			c := nc.(*conn)
 			// As health does when a request takes the connection from the pool, with no idle
 			// time to peek for: the race this proof is for is the write after the peek.
-			c.proto.Store(protoH1)
-			c.armed.Store(true)
+			c.h.proto.Store(protoH1)
+			c.h.armed.Store(true)
 			if tt.serverRead {
 				go func() { io.ReadAll(io.LimitReader(srv, 4)); srv.Close() }()
 			} else {
@@ -246,154 +245,6 @@ func TestUnsentProof(t *testing.T) {
 			}
 			c.Close()
 		})
-	}
-}
-
-// A deadline can pass before net/http has registered the request, when cancelling it does
-// nothing: the sweeper cancels again on every sweep until the round trip returns.
-func TestSweepRepeatsCancellationUntilTheRoundTripReturns(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
-	defer srv.Close()
-	defer srv.CloseClientConnections() // first: the handler may still wait if the test failed
-	o, err := newOwner(DefaultConfig(), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
-	o.tracker = newTracker(o, tr)
-	c := &call{o: o, fast: true, inner: context.Background()}
-	c.req.Store(req)
-	c.phase.Store(phaseTimeoutInHeader) // failed before the round trip began
-	seq, _ := o.admit()
-	o.calls.add(c, seq)
-	o.sweep.sweep() // nothing to cancel yet
-
-	errc := make(chan error, 1)
-	go func() {
-		_, err := tr.RoundTrip(req)
-		errc <- err
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		o.sweep.sweep()
-		select {
-		case err := <-errc:
-			if err == nil {
-				t.Fatal("the round trip succeeded; want it cancelled")
-			}
-			c.returned.Store(true)
-			c.end(err)
-			if n := len(o.calls.visit(nil)); n != 0 {
-				t.Errorf("%d calls still listed", n)
-			}
-			return
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the round trip still runs: the sweeper did not cancel it")
-		}
-	}
-}
-
-// The sweeper runs while requests are in flight and leaves when none is, so that an idle
-// process neither wakes up every period nor keeps a goroutine; the next request starts it
-// again, and stop ends it.
-func TestSweeperLeavesWhenIdle(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	defer srv.Close()
-	res, err := New(Params{Config: DefaultConfig()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := ownerOf(res.Client)
-	if s := o.sweep.state.Load(); s != sweepIdle {
-		t.Fatalf("sweeper state %d before any request, want idle", s)
-	}
-	for range 2 {
-		resp, err := res.Client.Get(srv.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n := o.sweep.live.Load(); n != 1 {
-			t.Errorf("%d sweeper goroutines while a request is in flight, want 1", n)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		deadline := time.Now().Add(10 * time.Second)
-		for o.sweep.state.Load() != sweepIdle || o.sweep.live.Load() != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("sweeper state %d, %d goroutines with nothing in flight, want idle and none", o.sweep.state.Load(), o.sweep.live.Load())
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	if err := Shutdown(context.Background(), res.Client); err != nil {
-		t.Fatal(err)
-	}
-	if s := o.sweep.state.Load(); s != sweepStopped {
-		t.Errorf("sweeper state %d after stop, want stopped", s)
-	}
-	o.sweep.stop() // again: nothing to do
-}
-
-// Requests that come and go while the sweeper leaves and starts again always have one
-// sweeping for them: no deadline is left unenforced.
-func TestSweeperHandOverUnderChurn(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hang" {
-			<-r.Context().Done()
-			return
-		}
-		io.WriteString(w, "ok")
-	}))
-	defer srv.Close()
-	cfg := DefaultConfig()
-	cfg.Timeout = 64 * time.Millisecond // a sweep every millisecond
-	res, err := New(Params{Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer Shutdown(context.Background(), res.Client)
-	o := ownerOf(res.Client)
-	for i := range 200 {
-		if i%2 == 0 { // let the sweeper leave now and then
-			time.Sleep(time.Duration(i%5) * time.Millisecond)
-		}
-		if resp, err := res.Client.Get(srv.URL); err == nil {
-			resp.Body.Close()
-		}
-		if n := o.sweep.live.Load(); n > 2 {
-			t.Fatalf("%d sweeper goroutines at once, want at most one sweeping and one leaving", n)
-		}
-	}
-	began := time.Now()
-	_, err = res.Client.Get(srv.URL + "/hang")
-	if err == nil || time.Since(began) > 2*time.Second {
-		t.Fatalf("a hung request returned %v after %v: its Timeout of 64ms was not enforced", err, time.Since(began))
-	}
-}
-
-// httptrace's context key is found, so that a call answers it without a context of
-// httptrace's own per request; a call so made carries the trace as httptrace sees it.
-func TestTraceKeyIsAnswered(t *testing.T) {
-	o, err := newOwner(DefaultConfig(), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if o.traceKey == nil {
-		t.Fatal("httptrace's context key was not found: every request pays one allocation more")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	c := &call{o: o, inner: ctx}
-	c.inner = c.withTrace(ctx, &o.health.trace)
-	if got := httptrace.ContextClientTrace(c); got != &o.health.trace {
-		t.Errorf("the call's trace is %p, want health's %p", got, &o.health.trace)
-	}
-	if c.inner != ctx {
-		t.Error("the call made a context for its trace; want it answered by the call")
 	}
 }
 

@@ -18,6 +18,7 @@
 package httpfx
 
 import (
+	"fmt"
 	"net/http"
 
 	"go.uber.org/fx"
@@ -57,30 +58,56 @@ type ownerParams struct {
 // of it is built: everything that depends on the client, the transport, the round tripper or
 // an upstream client is built after, so fx stops it before httpfx drains.
 func newModuleOwner(lc fx.Lifecycle, p ownerParams) (*owner, error) {
-	o, err := newOwner(p.Config, p.Logger, p.Resolver)
+	o, err := newOwner(p.Config, p.Logger, p.Resolver, p.Observers)
 	if err != nil {
 		return nil, err
 	}
-	o.setObservers(p.Observers)
 	lc.Append(o.hook())
 	return o, nil
 }
 
-// clientResult is what newModuleClient provides: the client, and its tracker for Upstream.
+// clientResult is what newModuleClient provides: the client, and its round tripper for
+// Upstream.
 type clientResult struct {
 	fx.Out
 
-	Client  *http.Client
-	Tracker *tracker
+	Client       *http.Client
+	RoundTripper *roundTripper
 }
 
 // newModuleClient builds the owned client over the (possibly decorated) round tripper.
 func newModuleClient(o *owner, t *http.Transport, rt http.RoundTripper) clientResult {
 	c := o.newClient(t, rt)
-	return clientResult{Client: c, Tracker: o.tracker}
+	return clientResult{Client: c, RoundTripper: o.rt}
 }
 
 // recordGraphClient records the *http.Client consumers get, so that start can say if a
 // caller-supplied one is in use. It also makes fx.New build the client, and so fail on a bad
 // Config, even if nothing else asks for it.
 func recordGraphClient(o *owner, c *http.Client) { o.inGraph = c }
+
+// Upstream declares a *http.Client named name (take it with the tag `name:"<name>"`) for
+// one upstream service. It sends through the module's shared round tripper, so it shares the
+// connection pool, the drain at stop, ErrClosed after stop and the counters, and it adds
+// cfg's base URL, headers, timeout and connection limit. An entry for name in
+// Config.Upstreams overrides cfg's fields that it sets. An invalid name or configuration
+// fails fx.New with an error naming the upstream and the field, whether or not a component
+// takes the client yet. Use it beside Module.
+func Upstream(name string, cfg UpstreamConfig) fx.Option {
+	if !upstreamName.MatchString(name) {
+		return fx.Error(fmt.Errorf("httpfx: upstream name %q: want lower-case letters, digits, '-' and single '_', starting with a letter", name))
+	}
+	if err := cfg.validate(name, false); err != nil { // BaseURL may come from Config.Upstreams
+		return fx.Error(err)
+	}
+	tag := `name:"` + name + `"`
+	return fx.Options(
+		fx.Provide(fx.Annotate(
+			func(t *roundTripper) (*http.Client, error) { return t.o.newUpstream(name, cfg) },
+			fx.ResultTags(tag),
+		)),
+		// Build the client with the graph, so that a bad merged configuration fails fx.New
+		// even before a component takes the client.
+		fx.Invoke(fx.Annotate(func(*http.Client) {}, fx.ParamTags(tag))),
+	)
+}

@@ -11,7 +11,7 @@ import (
 // data unasked (an idle HTTP/1.1 connection receives nothing but a TLS close_notify): one
 // non-blocking peek at the socket, which consumes nothing. It reports false when it cannot
 // tell. Only the goroutine of the armed write calls it.
-func (c *trackedConn) closedByPeer() bool {
+func (c *connHealth) closedByPeer() bool {
 	if c.raw == nil {
 		return false
 	}
@@ -26,7 +26,7 @@ func (c *trackedConn) closedByPeer() bool {
 }
 
 // peekFD peeks at the socket fd and sets peekClosed.
-func (c *trackedConn) peekFD(fd uintptr) {
+func (c *connHealth) peekFD(fd uintptr) {
 	var b [1]byte
 	n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	switch {

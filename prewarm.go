@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
@@ -14,9 +13,6 @@ import (
 
 	"go.uber.org/zap"
 )
-
-// prewarmKey is the context key of a pre-warming dial's *prewarmDial.
-type prewarmKey struct{}
 
 // prewarmDial is one connection that prewarm opens. Its request carries it in its context;
 // the dial, which keeps the request's context values, finds it in connSet.wrap.
@@ -78,7 +74,7 @@ func (o *owner) prewarm(ctx context.Context, base *url.URL, n int) error {
 				TLSHandshakeDone: func(_ tls.ConnectionState, err error) { p.report(err) },
 			})
 		}
-		req, err := http.NewRequestWithContext(context.WithValue(rctx, prewarmKey{}, p), http.MethodHead, base.String(), nil)
+		req, err := http.NewRequestWithContext(context.WithValue(rctx, dialHookKey{}, &dialHook{began: p.began, ended: p.report, tls: p.tls}), http.MethodHead, base.String(), nil)
 		if err != nil {
 			cancel()
 			for _, d := range dials[:i] {
@@ -172,9 +168,9 @@ func (o *owner) prewarmUpstreams(ctx context.Context) {
 		g.names = append(g.names, u.name)
 	}
 	for i := 0; i < len(order); i++ {
-		if g := order[i]; o.conns.count(canonicalAddr(g.base)) > 0 {
+		if g := order[i]; o.conns.count(hostPort(g.base)) > 0 {
 			o.log.Info("httpfx upstream pre-warm skipped: it has connections already",
-				zap.Strings("upstreams", g.names), zap.Int("open", o.conns.count(canonicalAddr(g.base))))
+				zap.Strings("upstreams", g.names), zap.Int("open", o.conns.count(hostPort(g.base))))
 			order = slices.Delete(order, i, i+1)
 			i--
 		}
@@ -198,7 +194,7 @@ func (o *owner) prewarmUpstreams(ctx context.Context) {
 	for range order {
 		r := <-done
 		fields := []zap.Field{zap.Strings("upstreams", r.g.names), zap.Int("wanted", r.g.n),
-			zap.Int("open", o.conns.count(canonicalAddr(r.g.base))), zap.Duration("took", r.took)}
+			zap.Int("open", o.conns.count(hostPort(r.g.base))), zap.Duration("took", r.took)}
 		if r.err != nil {
 			o.log.Warn("httpfx upstream pre-warm failed; its requests dial as they need", append(fields, zap.Error(r.err))...)
 			continue
@@ -206,6 +202,3 @@ func (o *owner) prewarmUpstreams(ctx context.Context) {
 		o.log.Info("httpfx upstream pre-warmed", fields...)
 	}
 }
-
-// canonicalAddr is the "host:port" net/http dials for u (without a proxy).
-func canonicalAddr(u *url.URL) string { return net.JoinHostPort(u.Hostname(), portOf(u)) }

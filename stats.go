@@ -6,6 +6,25 @@ import (
 	"time"
 )
 
+// Why a connection was retired. They are the keys of Snapshot.ConnsRetired.
+const (
+	// RetiredIdle: it had been idle for nearly as long as its server keeps an idle
+	// connection (learned per address), so the server could close it under the next request.
+	RetiredIdle = "idle"
+	// RetiredLifetime: it was older than Config.MaxConnLifetime.
+	RetiredLifetime = "lifetime"
+	// RetiredAddressGone: DNS no longer returns the address it is connected to.
+	RetiredAddressGone = "address_gone"
+	// RetiredServerClosed: the server had closed it (or sent data unasked) while it was idle.
+	RetiredServerClosed = "server_closed"
+	// RetiredDead: net/http closed it after its peer stopped answering (an HTTP/2 ping, or a
+	// write, unanswered for HTTP2PingTimeout).
+	RetiredDead = "dead"
+)
+
+// closedBit marks Stats.gate closed; the bits below it count requests in flight.
+const closedBit = 1 << 62
+
 // Stats holds the live counters of the client and transport that httpfx built. The Module
 // and New create it; users only read it, with Snapshot, from any goroutine. A nil or zero
 // Stats reads as all zeros.
@@ -30,8 +49,7 @@ type Stats struct {
 	mu        sync.Mutex
 	upstreams map[string]*upstreamStats // by name; written only while the graph is built
 
-	reap   func()                          // finishes requests whose context ended; set before use
-	bounds func() map[string]time.Duration // the learned idle bounds; nil: none
+	bounds func() map[string]time.Duration // reads the learned idle bounds; nil: none
 
 	states connStates // connections idle and in use, requests waiting: kept if observed
 }
@@ -89,13 +107,11 @@ type UpstreamSnapshot struct {
 	Failed   int64 // admitted requests that ended with an error, a give-up while waiting included
 }
 
-// Snapshot returns the current counters. It is safe for concurrent use.
+// Snapshot returns the current counters. It only reads: it is safe for concurrent use and
+// changes nothing.
 func (s *Stats) Snapshot() Snapshot {
 	if s == nil {
 		return Snapshot{}
-	}
-	if s.reap != nil {
-		s.reap() // a request whose context ended is no longer in flight
 	}
 	var bounds map[string]time.Duration
 	if s.bounds != nil {
@@ -171,4 +187,27 @@ func (s *Stats) addUpstream(name string) *upstreamStats {
 	u := new(upstreamStats)
 	s.upstreams[name] = u
 	return u
+}
+
+// connStates are the counters of Snapshot that need an observer.
+type connStates struct {
+	on      bool         // observed: the counters below are kept; set before use
+	inUse   atomic.Int64 // connections carrying a request
+	waiting atomic.Int64 // admitted requests without a connection yet
+}
+
+// fill sets s's connection states from c and s.ConnsOpen, or -1 if they are not kept.
+func (c *connStates) fill(s *Snapshot) {
+	if !c.on {
+		s.ConnsIdle, s.ConnsInUse, s.Waiting = -1, -1, -1
+		return
+	}
+	s.ConnsInUse = max(c.inUse.Load(), 0)
+	s.ConnsIdle = max(s.ConnsOpen-s.ConnsInUse, 0)
+	s.Waiting = max(c.waiting.Load(), 0)
+}
+
+// upstreamStats are the counters of one upstream client.
+type upstreamStats struct {
+	requests, inFlight, waiting, failed atomic.Int64
 }

@@ -14,7 +14,7 @@ const tcpiBytesAcked = 120
 
 // ackedBytes returns how many bytes the peer's TCP acknowledged on the connection, or false
 // if the system cannot tell.
-func (c *trackedConn) ackedBytes() (int64, bool) {
+func (c *connHealth) ackedBytes() (int64, bool) {
 	if c.raw == nil {
 		return 0, false
 	}

@@ -10,10 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
-
-	"go.uber.org/fx"
 )
 
 // UpstreamConfig configures a named upstream client (see Upstream). Its zero value is not
@@ -54,32 +51,6 @@ type UpstreamConfig struct {
 	// origin get the largest of their counts; an HTTP/2 upstream keeps one connection, as
 	// net/http does (set 1 for one). Zero means none.
 	Prewarm int `yaml:"prewarm" json:"prewarm"`
-}
-
-// Upstream declares a *http.Client named name (take it with the tag `name:"<name>"`) for
-// one upstream service. It sends through the module's shared round tripper, so it shares the
-// connection pool, the drain at stop, ErrClosed after stop and the counters, and it adds
-// cfg's base URL, headers, timeout and connection limit. An entry for name in
-// Config.Upstreams overrides cfg's fields that it sets. An invalid name or configuration
-// fails fx.New with an error naming the upstream and the field, whether or not a component
-// takes the client yet. Use it beside Module.
-func Upstream(name string, cfg UpstreamConfig) fx.Option {
-	if !upstreamName.MatchString(name) {
-		return fx.Error(fmt.Errorf("httpfx: upstream name %q: want lower-case letters, digits, '-' and single '_', starting with a letter", name))
-	}
-	if err := cfg.validate(name, false); err != nil { // BaseURL may come from Config.Upstreams
-		return fx.Error(err)
-	}
-	tag := `name:"` + name + `"`
-	return fx.Options(
-		fx.Provide(fx.Annotate(
-			func(t *tracker) (*http.Client, error) { return t.o.newUpstream(name, cfg) },
-			fx.ResultTags(tag),
-		)),
-		// Build the client with the graph, so that a bad merged configuration fails fx.New
-		// even before a component takes the client.
-		fx.Invoke(fx.Annotate(func(*http.Client) {}, fx.ParamTags(tag))),
-	)
 }
 
 // upstreamName is what an upstream name may look like: it is a YAML key, part of an
@@ -192,7 +163,7 @@ func parseBaseURL(s string) (*url.URL, error) {
 
 // upstream is the RoundTripper of an upstream client. It resolves relative URLs against the
 // base, adds the headers to requests for the base's origin only, bounds requests in flight,
-// and sends through the owned client's tracker with its own timeout. It is safe for
+// and sends through the shared client's round tripper with its own timeout. It is safe for
 // concurrent use.
 type upstream struct {
 	name       string
@@ -203,16 +174,11 @@ type upstream struct {
 	timeoutErr error         // the cause of a request's context when timeout expires
 	slots      chan struct{} // MaxConnsPerHost tokens; nil if unbounded
 	prewarm    int           // connections to open at start
-	t          *tracker
+	t          *roundTripper
 	stats      *upstreamStats
 }
 
 var _ http.RoundTripper = (*upstream)(nil)
-
-// upstreamStats are the counters of one upstream client.
-type upstreamStats struct {
-	requests, inFlight, waiting, failed atomic.Int64
-}
 
 func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, error) {
 	// Each side on its own first: the merge canonicalizes header names, which would hide two
@@ -225,9 +191,8 @@ func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, err
 		return nil, err
 	}
 	base, _ := parseBaseURL(cfg.BaseURL)
-	u := &upstream{name: name, base: base, timeout: cfg.Timeout, t: o.tracker}
+	u := &upstream{name: name, base: base, timeout: cfg.Timeout, t: o.rt}
 	u.timeoutErr = &timeoutError{what: fmt.Sprintf("upstream %q Timeout", name), d: cfg.Timeout}
-	o.sweep.bound(cfg.Timeout)
 	if u.timeout == 0 {
 		u.timeout, u.timeoutErr = o.cfg.Timeout, o.timeoutErr
 	}
@@ -280,7 +245,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // acquire waits, as long as ctx allows, until the upstream has room for one more request,
-// counting the request as waiting meanwhile. The tracker calls it after admission, so that
+// counting the request as waiting meanwhile. The round trip calls it after admission, so that
 // stop refuses new requests at once and the upstream's Timeout covers the wait.
 func (u *upstream) acquire(ctx context.Context) error {
 	if u.slots == nil {
@@ -298,7 +263,7 @@ func (u *upstream) acquire(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("httpfx: upstream %q: waiting for one of its MaxConnsPerHost (%d): %w",
-			u.name, cap(u.slots), causeOf(ctx))
+			u.name, cap(u.slots), context.Cause(ctx))
 	}
 }
 
@@ -317,18 +282,3 @@ func (u *upstream) done(failed, acquired bool) {
 // CloseIdleConnections is ignored and counted, as on the shared client: an upstream client
 // shares the process's pool.
 func (u *upstream) CloseIdleConnections() { u.t.o.ignoreCloseIdle() }
-
-// sameOrigin reports whether a and b have the same scheme, host and port.
-func sameOrigin(a, b *url.URL) bool {
-	return a.Scheme == b.Scheme && strings.EqualFold(a.Hostname(), b.Hostname()) && portOf(a) == portOf(b)
-}
-
-func portOf(u *url.URL) string {
-	if p := u.Port(); p != "" {
-		return p
-	}
-	if u.Scheme == "https" {
-		return "443"
-	}
-	return "80"
-}

@@ -1,6 +1,8 @@
 package httpfxtest
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -9,20 +11,19 @@ import (
 	"sync/atomic"
 )
 
-// body tracks a response body until its caller closes it or reads it to EOF. httpfx's own
-// body wraps it, so that a cut at stop or a timeout closes it too: that close is told apart by
-// its caller, and the body is still reported. It is safe for a Close concurrent with a Read.
+// body tracks a response body until its caller closes it or reads it to EOF. It sits under
+// httpfx's own body, which never closes it on its own (but for a 101 stream cut at stop), so
+// every Close it sees is its caller's. It is safe for a Close concurrent with a Read.
 type body struct {
 	rc       io.ReadCloser
 	env      *Env
+	ctx      context.Context // the request's, as httpfx sent it: says why it ended, if it did
 	seq      int64
 	method   string
 	url      string    // without userinfo, query and fragment
 	upstream string    // the upstream routed by name that sent it, if any
 	stack    []uintptr // from the recorder's caller outwards
 	done     atomic.Bool
-	cut      atomic.Bool // httpfx closed it at stop, past the drain bound
-	expired  atomic.Bool // httpfx closed it past the request's timeout
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -34,16 +35,7 @@ func (b *body) Read(p []byte) (int, error) {
 }
 
 func (b *body) Close() error {
-	if !b.done.Load() {
-		switch closedByHTTPFX() {
-		case "cut":
-			b.cut.Store(true)
-		case "fail":
-			b.expired.Store(true)
-		default:
-			b.finish()
-		}
-	}
+	b.finish()
 	return b.rc.Close()
 }
 
@@ -65,10 +57,12 @@ func (b *body) report() string {
 		fmt.Fprintf(&s, " (upstream %q)", b.upstream)
 	}
 	s.WriteString(": response body never closed nor read to EOF")
-	if b.cut.Load() {
+	switch {
+	case b.ctx.Err() == nil:
+	case errors.Is(context.Cause(b.ctx), context.DeadlineExceeded):
+		s.WriteString("; httpfx ended the request when its timeout expired")
+	case b.env.cut():
 		s.WriteString("; httpfx cut it at stop, after Config.DrainTimeout")
-	} else if b.expired.Load() {
-		s.WriteString("; httpfx closed it when the request's timeout expired")
 	}
 	for i, f := range callSite(b.stack) {
 		what := "called from"
@@ -104,25 +98,6 @@ func (e *Env) track(b *body) bool {
 	b.seq = e.seq
 	e.bodies[b] = struct{}{}
 	return true
-}
-
-// closedByHTTPFX reports whether httpfx is closing the body under its caller: "cut" by stop,
-// "fail" past the request's timeout, or "" if the caller closes it.
-func closedByHTTPFX() string {
-	var pcs [8]uintptr
-	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs[:])])
-	for {
-		f, more := frames.Next()
-		switch f.Function {
-		case "github.com/httpfx/httpfx.(*call).cut":
-			return "cut"
-		case "github.com/httpfx/httpfx.(*call).fail":
-			return "fail"
-		}
-		if !more {
-			return ""
-		}
-	}
 }
 
 // callSite returns the frames of stack from the code that sent the request outwards: past

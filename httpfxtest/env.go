@@ -54,6 +54,25 @@ type Env struct {
 	apps     []*app             // the apps built with Module
 	lastConn chan struct{}      // closed when conns empties, while finish waits
 	finished bool               // finish ran: nothing more to record
+	drain    time.Duration      // the bound of the apps' DrainTimeout
+}
+
+// defaultDrain is the longest Config.DrainTimeout of an app built with Env.Module, unless
+// SetDrainTimeout changes it: long enough for a component to finish a response it is reading
+// when the app stops, short enough that a body never closed fails the test within a second.
+const defaultDrain = time.Second
+
+// SetDrainTimeout sets the longest Config.DrainTimeout of the apps built with Module from now
+// on; zero means the default, one second, which is long enough for a component to finish a
+// response it is reading when the app stops, and short enough that a body never closed fails
+// the test at once. Call it before Module.
+func (e *Env) SetDrainTimeout(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if d <= 0 {
+		d = defaultDrain
+	}
+	e.drain = d
 }
 
 // dest is where requests to one dialled address go: a test server, or straight to a loopback
@@ -85,6 +104,7 @@ func New(t testing.TB) *Env {
 		secrets: make(map[string]bool),
 		bodies:  make(map[*body]struct{}),
 		conns:   make(map[*conn]struct{}),
+		drain:   defaultDrain,
 	}
 	t.Cleanup(e.finish)
 	return e
@@ -144,11 +164,13 @@ func (e *Env) Host(host string, h http.Handler) *Server {
 // the http.RoundTripper to track response bodies. Its decorations sit between the app's own:
 // those given beside Module apply before it, those in opts after it. The upstream clients
 // routed by name are decorated beside Module, so the test can take them too. fx.New fails if
-// httpfx.Module is not in opts or a routed upstream has no client. A body left open also holds
-// the app's stop for Config.DrainTimeout, as in production, before the test fails.
+// httpfx.Module is not in opts or a routed upstream has no client. It bounds the app's
+// Config.DrainTimeout (see SetDrainTimeout; a decoration in opts may raise it again), so that a
+// body left open holds the app's stop briefly before the test fails.
 func (e *Env) Module(opts ...fx.Option) fx.Option {
 	e.mu.Lock()
 	e.sealed = true
+	drain := e.drain
 	names := make([]string, 0, len(e.names))
 	for n := range e.names {
 		names = append(names, n)
@@ -158,6 +180,12 @@ func (e *Env) Module(opts ...fx.Option) fx.Option {
 
 	var adjusted, wrapped bool // set while fx.New builds the graph, on its goroutine
 	own := []fx.Option{
+		fx.Decorate(func(c httpfx.Config) httpfx.Config {
+			if c.DrainTimeout == 0 || c.DrainTimeout > drain {
+				c.DrainTimeout = drain // a leaked body fails the test fast
+			}
+			return c
+		}),
 		fx.Decorate(func(t *http.Transport) *http.Transport {
 			adjusted = true
 			e.adjust(t)
@@ -168,11 +196,11 @@ func (e *Env) Module(opts ...fx.Option) fx.Option {
 			return &recorder{env: e, next: rt}
 		}),
 		fx.Invoke(func(c httpfx.Config) { e.learnConfig(c) }),
-		fx.Invoke(func(lc fx.Lifecycle, c *http.Client) error {
+		fx.Invoke(func(lc fx.Lifecycle, c *http.Client, stats *httpfx.Stats) error {
 			if !adjusted || !wrapped {
 				return errors.New("httpfxtest: httpfx.Module must be among the options given to Env.Module, so that its requests can be routed")
 			}
-			a := &app{client: c} // httpfx's own client: the app's decorations are below
+			a := &app{client: c, stats: stats} // httpfx's own client: the app's decorations are below
 			lc.Append(fx.Hook{
 				OnStart: func(context.Context) error { a.started.Store(true); return nil },
 				OnStop:  func(context.Context) error { a.stopped.Store(true); return nil },
@@ -381,5 +409,18 @@ func (e *Env) closeConns() {
 // started and stopped.
 type app struct {
 	client           *http.Client
+	stats            *httpfx.Stats
 	started, stopped atomic.Bool
+}
+
+// cut reports whether the stop of an app of the Env cut requests past its drain bound.
+func (e *Env) cut() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, a := range e.apps {
+		if a.stats.Snapshot().Cut > 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -488,7 +488,7 @@ func TestBodyClosedByTimeoutIsReported(t *testing.T) {
 		}
 		time.Sleep(300 * time.Millisecond) // past the Timeout: httpfx closes the body
 	})
-	want := "httpfxtest: GET http://slow.internal/x: response body never closed nor read to EOF; httpfx closed it when the request's timeout expired"
+	want := "httpfxtest: GET http://slow.internal/x: response body never closed nor read to EOF; httpfx ended the request when its timeout expired"
 	if len(errs) != 1 || !strings.HasPrefix(errs[0], want) || !strings.Contains(errs[0], "sent at "+line) {
 		t.Fatalf("reported %q; want one report starting %q, sent at %s", errs, want, line)
 	}

@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+
+	nobody "github.com/httpfx/httpfx/internal/body"
 )
 
 // recorder is the app's http.RoundTripper in test mode: it routes each request, captures the
@@ -37,10 +39,10 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	var pcs [64]uintptr
 	n := runtime.Callers(2, pcs[:])
 	resp, err := r.next.RoundTrip(req)
-	if err != nil || resp.Body == nil || resp.Body == http.NoBody {
+	if err != nil || nobody.None(req, resp) { // httpfx's rule: nothing to close or read
 		return resp, err
 	}
-	b := &body{rc: resp.Body, env: r.env, method: req.Method, url: safeURL(req.URL), stack: append([]uintptr(nil), pcs[:n]...)}
+	b := &body{rc: resp.Body, env: r.env, ctx: req.Context(), method: req.Method, url: safeURL(req.URL), stack: append([]uintptr(nil), pcs[:n]...)}
 	if tg != nil {
 		b.upstream = tg.name
 	}
@@ -107,9 +109,6 @@ func (t *tagger) CloseIdleConnections() {
 		ci.CloseIdleConnections()
 	}
 }
-
-// dialFunc is the type of http.Transport.DialContext.
-type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // adjust changes the owned transport in place, before httpfx wraps its dial to count
 // connections: dials go where the requests were routed, routed hosts get no proxy, and the

@@ -5,19 +5,18 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
+	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 )
 
 // certHint explains mutual-TLS failures that net/http cannot: a TLS 1.3 server that rejects
 // the client's missing certificate closes the connection right after the handshake, and the
-// client sees only EOF or a reset. When no client certificate is configured, the hint notes
-// which hosts asked for one, and an HTTPS error of such a host that looks like a cut says so.
+// client sees only EOF, a reset or a TLS alert. When no client certificate is configured, the
+// hint notes which hosts asked for one, and an HTTPS error of such a host that looks like a
+// cut says so.
 //
 // crypto/tls does not tell GetClientCertificate which host asks, but the handshake's context
 // keeps the values of the request that dialled. Requests to an HTTPS host that has not yet
@@ -37,13 +36,17 @@ type certHostKey struct{}
 // hintMaxHosts bounds the hosts a certHint remembers in each set.
 const hintMaxHosts = 4096
 
-// install makes tc note the hosts that ask for a client certificate. It changes nothing if a
-// certificate or a certificate callback is configured; crypto/tls ignores Certificates once
-// GetClientCertificate is set, so it must run after decorators had their say.
-func (h *certHint) install(tc *tls.Config) bool {
+// installHint returns tc, cloned, with a certHint noting the hosts that ask for a client
+// certificate, or tc and nil if a certificate or a certificate callback is configured
+// (crypto/tls ignores Certificates once GetClientCertificate is set, so it runs after
+// decorators had their say). tc is cloned so that a *tls.Config a decorator shares with other
+// clients is never changed.
+func installHint(tc *tls.Config) (*tls.Config, *certHint) {
 	if tc == nil || len(tc.Certificates) > 0 || tc.GetClientCertificate != nil {
-		return false
+		return tc, nil
 	}
+	h := new(certHint)
+	tc = tc.Clone()
 	tc.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		if host, ok := cri.Context().Value(certHostKey{}).(string); ok {
 			h.mu.Lock()
@@ -57,7 +60,7 @@ func (h *certHint) install(tc *tls.Config) bool {
 		}
 		return new(tls.Certificate), nil // none, as without this hook
 	}
-	return true
+	return tc, h
 }
 
 // mark returns req with its host in its context if req goes to an HTTPS host that has not
@@ -74,30 +77,19 @@ func (h *certHint) mark(req *http.Request) *http.Request {
 	return req.WithContext(context.WithValue(req.Context(), certHostKey{}, req.URL.Host))
 }
 
-// answer records that the HTTPS host of req answered a request.
-func (h *certHint) answer(req *http.Request) {
+// check returns err, req's error (nil if it got a response), with the hint added if req's
+// host asked for a certificate and err looks like the connection was cut. A host that
+// answered is remembered.
+func (h *certHint) check(req *http.Request, err error) error {
 	if req.URL.Scheme != "https" || req.Context().Value(certHostKey{}) == nil {
-		return
+		return err
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	var m map[string]struct{}
-	if p := h.answered.Load(); p != nil {
-		if _, ok := (*p)[req.URL.Host]; ok || len(*p) >= hintMaxHosts {
-			return
-		}
-		m = maps.Clone(*p)
-	} else {
-		m = make(map[string]struct{})
+	if err == nil {
+		h.answer(req.URL.Host)
+		return nil
 	}
-	m[req.URL.Host] = struct{}{}
-	h.answered.Store(&m)
-}
-
-// explain adds the hint to err, the error of req, if req's host asked for a certificate and
-// err looks like the connection was cut.
-func (h *certHint) explain(req *http.Request, err error) error {
-	if req.URL.Scheme != "https" || !looksCut(err) {
+	var op *net.OpError
+	if !looksCut(err) && !(errors.As(err, &op) && op.Op == "remote error") { // a TLS alert: crypto/tls's Op
 		return err
 	}
 	h.mu.Lock()
@@ -109,11 +101,19 @@ func (h *certHint) explain(req *http.Request, err error) error {
 	return fmt.Errorf("httpfx: %s asked for a client certificate and none is configured; if it requires one (mutual TLS), set TLSCertFile and TLSKeyFile: %w", req.URL.Host, err)
 }
 
-// looksCut reports whether err is what a peer closing a fresh connection looks like.
-func looksCut(err error) bool {
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
-		return true
+// answer records that host answered a request.
+func (h *certHint) answer(host string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var m map[string]struct{}
+	if p := h.answered.Load(); p != nil {
+		if _, ok := (*p)[host]; ok || len(*p) >= hintMaxHosts {
+			return
+		}
+		m = maps.Clone(*p)
+	} else {
+		m = make(map[string]struct{})
 	}
-	msg := err.Error()
-	return strings.Contains(msg, "remote error: tls:") || strings.Contains(msg, "http2: client conn")
+	m[host] = struct{}{}
+	h.answered.Store(&m)
 }

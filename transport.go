@@ -1,0 +1,87 @@
+package httpfx
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/http"
+)
+
+// newTransport builds the tuned transport from cfg, what resolve derived from it, and dial,
+// the DNS cache's. It starts from a zero Transport, not a clone of http.DefaultTransport,
+// whose settings cfg covers anyway: whatever another package of the process changed on the
+// default transport (a DialTLSContext, proxy headers) must not reach the shared pool.
+func newTransport(cfg Config, r resolved, dial dialFunc) *http.Transport {
+	t := &http.Transport{}
+	t.DialContext = dial // DialTimeout, KeepAlive, Happy Eyeballs
+	t.Proxy = r.proxy
+	t.TLSClientConfig = r.tls
+	t.TLSHandshakeTimeout = cfg.TLSHandshakeTimeout
+	t.ResponseHeaderTimeout = cfg.ResponseHeaderTimeout
+	t.ExpectContinueTimeout = cfg.ExpectContinueTimeout
+	t.IdleConnTimeout = cfg.IdleConnTimeout
+	t.MaxIdleConns = cfg.MaxIdleConns
+	t.MaxIdleConnsPerHost = cfg.MaxIdleConnsPerHost
+	t.MaxConnsPerHost = cfg.MaxConnsPerHost
+	t.MaxResponseHeaderBytes = cfg.MaxResponseHeaderBytes
+	t.DisableCompression = cfg.DisableCompression
+	t.ForceAttemptHTTP2 = !cfg.DisableHTTP2
+	if cfg.DisableHTTP2 {
+		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // net/http's documented switch
+	} else {
+		t.HTTP2 = &http.HTTP2Config{
+			SendPingTimeout:  cfg.HTTP2SendPingTimeout,
+			PingTimeout:      cfg.HTTP2PingTimeout,
+			WriteByteTimeout: cfg.HTTP2WriteByteTimeout,
+		}
+	}
+	return t
+}
+
+// newClient builds the owned client over rt, the graph's round tripper. t is the
+// *http.Transport in the graph: if it is the owned one (adjusted in place or not), its dials
+// are counted and its connections kept healthy from now on; if the caller swapped in another,
+// httpfx leaves it untouched and only drains its requests.
+func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client {
+	o.inUse = t
+	if t == o.transport {
+		dial := t.DialContext
+		if dial == nil {
+			dial = o.dns.Dial
+		}
+		t.DialContext = o.conns.wrap(dial)
+		o.conns.health, o.conns.dns = o.health, o.dns
+		o.conns.h2c = t.Protocols != nil && t.Protocols.UnencryptedHTTP2() && !t.Protocols.HTTP1()
+		// Installed now, after decorators: a certificate they configured turns it off.
+		t.TLSClientConfig, o.hint = installHint(t.TLSClientConfig)
+	} else {
+		o.health = nil // a caller's transport: httpfx leaves its connections alone
+	}
+	if t != nil {
+		o.headerTimeout, o.headerTimeoutName = t.ResponseHeaderTimeout, "the transport's ResponseHeaderTimeout"
+		if t == o.transport && t.ResponseHeaderTimeout == o.cfg.ResponseHeaderTimeout {
+			o.headerTimeoutName = "Config.ResponseHeaderTimeout"
+		}
+		if !http1OverTLS(t) {
+			o.gate = new(h2gate)
+			o.conns.onLast = o.gate.forget
+		}
+	}
+	o.nextType = fmt.Sprintf("%T", rt)
+	o.rt = &roundTripper{o: o, next: rt}
+	o.client = &http.Client{Transport: o.rt, CheckRedirect: redirectPolicy(nil)}
+	return o.client
+}
+
+// http1OverTLS reports whether t speaks only HTTP/1.1 over TLS, as net/http decides: no
+// protocol in TLSNextProto that a server could negotiate instead, and HTTP/2 off, by
+// Protocols or else by an empty TLSNextProto (net/http's documented switch). A transport that
+// leaves both unset may speak HTTP/2.
+func http1OverTLS(t *http.Transport) bool {
+	if len(t.TLSNextProto) > 0 {
+		return false
+	}
+	if t.Protocols != nil {
+		return !t.Protocols.HTTP2()
+	}
+	return t.TLSNextProto != nil
+}
