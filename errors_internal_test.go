@@ -162,4 +162,3 @@ func (c *eofConn) Close() error {
 	c.closeOnce.Do(func() { close(c.closed) })
 	return c.Conn.Close()
 }
-
