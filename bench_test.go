@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 )
 
 // The benchmarks below compare the owned httpfx client with a raw *http.Transport built with
@@ -40,14 +41,14 @@ const benchParallelism = 4
 // benchProto is one kind of upstream.
 type benchProto struct {
 	name      string
-	start     func(testing.TB, http.Handler) *upstream
+	start     func(testing.TB, http.Handler) *testutil.Server
 	wantMajor int // the HTTP major version the clients must negotiate
 }
 
 var benchProtos = []benchProto{
-	{name: "http1", start: newUpstream, wantMajor: 1},
-	{name: "tls", start: func(tb testing.TB, h http.Handler) *upstream { return newTLSUpstream(tb, h, false) }, wantMajor: 1},
-	{name: "h2", start: func(tb testing.TB, h http.Handler) *upstream { return newTLSUpstream(tb, h, true) }, wantMajor: 2},
+	{name: "http1", start: testutil.NewServer, wantMajor: 1},
+	{name: "tls", start: func(tb testing.TB, h http.Handler) *testutil.Server { return testutil.NewTLSServer(tb, h, false) }, wantMajor: 1},
+	{name: "h2", start: func(tb testing.TB, h http.Handler) *testutil.Server { return testutil.NewTLSServer(tb, h, true) }, wantMajor: 2},
 }
 
 // benchClient is a client under test and the function that stops it.
@@ -224,7 +225,7 @@ func benchGets(b *testing.B, p benchProto, h http.Handler, parallel, withCtx boo
 	}
 
 	b.ReportAllocs()
-	opened := u.opened.Load()
+	opened := u.Opened()
 	b.ResetTimer()
 	if parallel {
 		b.SetParallelism(benchParallelism)
@@ -244,10 +245,10 @@ func benchGets(b *testing.B, p benchProto, h http.Handler, parallel, withCtx boo
 		}
 	}
 	b.StopTimer()
-	b.ReportMetric(float64(u.opened.Load()-opened)/float64(b.N), "conns/op")
+	b.ReportMetric(float64(u.Opened()-opened)/float64(b.N), "conns/op")
 
 	stop()
-	waitFor(b, "server sees all client connections closed", func() bool { return u.open() == 0 })
+	testutil.WaitFor(b, "server sees all client connections closed", func() bool { return u.Open() == 0 })
 }
 
 // benchGetCtx is benchGet, with a context of its own that can end if withCtx.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 )
 
@@ -24,7 +25,7 @@ import (
 // context of context's own).
 type deadlineMode struct {
 	name    string
-	start   func(testing.TB, http.Handler) *upstream
+	start   func(testing.TB, http.Handler) *testutil.Server
 	tls     bool
 	noHTTP2 bool // Config.DisableHTTP2
 	wrapped bool // a round tripper decorates the transport
@@ -33,11 +34,11 @@ type deadlineMode struct {
 }
 
 var deadlineModes = []deadlineMode{
-	{name: "http", start: newUpstream},
+	{name: "http", start: testutil.NewServer},
 	{name: "https-http1-only", start: newH1TLSUpstream, tls: true, noHTTP2: true},
 	{name: "https", start: newH1TLSUpstream, tls: true},
 	{name: "h2", start: newH2TLSUpstream, tls: true},
-	{name: "http-wrapped", start: newUpstream, wrapped: true},
+	{name: "http-wrapped", start: testutil.NewServer, wrapped: true},
 	{name: "h2-wrapped", start: newH2TLSUpstream, tls: true, wrapped: true},
 	{name: "h2-ending-context", start: newH2TLSUpstream, tls: true, ending: true},
 	{name: "h2-known", start: newH2TLSUpstream, tls: true, warm: true},
@@ -46,8 +47,12 @@ var deadlineModes = []deadlineMode{
 	{name: "https-ending-context", start: newH1TLSUpstream, tls: true, ending: true},
 }
 
-func newH1TLSUpstream(t testing.TB, h http.Handler) *upstream { return newTLSUpstream(t, h, false) }
-func newH2TLSUpstream(t testing.TB, h http.Handler) *upstream { return newTLSUpstream(t, h, true) }
+func newH1TLSUpstream(t testing.TB, h http.Handler) *testutil.Server {
+	return testutil.NewTLSServer(t, h, false)
+}
+func newH2TLSUpstream(t testing.TB, h http.Handler) *testutil.Server {
+	return testutil.NewTLSServer(t, h, true)
+}
 
 // passThrough is a round tripper that wraps another, as tracing and logging wrappers do.
 type passThrough struct{ next http.RoundTripper }
@@ -220,7 +225,7 @@ func TestTimeoutRacingTheRoundTrip(t *testing.T) {
 
 // Time spent dialling for a request (here, a slow DNS answer) is not a wait for headers.
 func TestDialIsNotAWaitForHeaders(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	_, port, _ := net.SplitHostPort(u.Listener.Addr().String())
 	cfg := httpfx.DefaultConfig()
 	cfg.ResponseHeaderTimeout = 150 * time.Millisecond

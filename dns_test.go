@@ -1,72 +1,21 @@
 package httpfx_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/netip"
-	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 )
-
-// fakeResolver answers from a table the test changes; it counts the lookups.
-type fakeResolver struct {
-	mu    sync.Mutex
-	addrs map[string][]netip.Addr
-	err   error
-	hang  bool // a lookup waits for its context to end, as a resolver that times out
-	calls atomic.Int64
-}
-
-func (r *fakeResolver) LookupNetIP(ctx context.Context, _, host string) ([]netip.Addr, error) {
-	r.calls.Add(1)
-	r.mu.Lock()
-	hang := r.hang
-	r.mu.Unlock()
-	if hang {
-		<-ctx.Done()
-		return nil, ctx.Err()
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.err != nil {
-		return nil, r.err
-	}
-	if a, ok := r.addrs[host]; ok {
-		return slices.Clone(a), nil
-	}
-	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
-}
-
-func (r *fakeResolver) set(host string, ips ...string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.addrs == nil {
-		r.addrs = map[string][]netip.Addr{}
-	}
-	r.addrs[host] = nil
-	for _, ip := range ips {
-		r.addrs[host] = append(r.addrs[host], netip.MustParseAddr(ip))
-	}
-}
-
-func (r *fakeResolver) fail(err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.err = err
-}
 
 // namedServer answers with its name.
 func namedServer(name string) http.Handler {
@@ -75,7 +24,7 @@ func namedServer(name string) http.Handler {
 
 // twoAddrs starts two servers on one port: "A" on 127.0.0.1 and "B" on 127.0.0.2 (both
 // loopback), so that a DNS change moves a name from one to the other.
-func twoAddrs(t *testing.T) (port string, a, b *upstream) {
+func twoAddrs(t *testing.T) (port string, a, b *testutil.Server) {
 	t.Helper()
 	for range 20 {
 		la, err := net.Listen("tcp", "127.0.0.1:0")
@@ -88,16 +37,7 @@ func twoAddrs(t *testing.T) (port string, a, b *upstream) {
 			la.Close()
 			continue // the port is taken on 127.0.0.2: try another
 		}
-		start := func(ln net.Listener, name string) *upstream {
-			u := &upstream{Server: httptest.NewUnstartedServer(namedServer(name))}
-			u.Listener.Close()
-			u.Listener = ln
-			u.Config.ConnState = u.track
-			u.Start()
-			t.Cleanup(u.Close)
-			return u
-		}
-		return port, start(la, "A"), start(lb, "B")
+		return port, testutil.NewServerOn(t, la, namedServer("A")), testutil.NewServerOn(t, lb, namedServer("B"))
 	}
 	t.Skip("no port free on both 127.0.0.1 and 127.0.0.2")
 	return "", nil, nil
@@ -178,20 +118,20 @@ func TestTrafficFollowsDNS(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			port, a, b := twoAddrs(t)
-			r := new(fakeResolver)
-			r.set("svc.test", "127.0.0.1")
+			r := new(testutil.Resolver)
+			r.Set("svc.test", "127.0.0.1")
 			var g graph
 			app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withResolver(r), withConfig(tt.give))
 			app.RequireStart()
-			took := followDNS(t, g.Client, "http://svc.test:"+port+"/", func() { r.set("svc.test", "127.0.0.2") })
+			took := followDNS(t, g.Client, "http://svc.test:"+port+"/", func() { r.Set("svc.test", "127.0.0.2") })
 			s := g.Stats.Snapshot()
 			if s.ConnsRetired[tt.wantReason] == 0 {
 				t.Errorf("retired %v, want some for %s", s.ConnsRetired, tt.wantReason)
 			}
 			t.Logf("all callers on the new address %v after the change; retired %v, replayed %d", took, s.ConnsRetired, s.Replayed)
 			app.RequireStop()
-			a.requireNoConns(t)
-			b.requireNoConns(t)
+			a.RequireNoConns(t)
+			b.RequireNoConns(t)
 		})
 	}
 }
@@ -199,12 +139,12 @@ func TestTrafficFollowsDNS(t *testing.T) {
 // The DNS cache serves the last good answer while the resolver fails (for DNSStaleTTL),
 // merges concurrent lookups of a name, and remembers a failure briefly.
 func TestDNSCache(t *testing.T) {
-	u := newUpstream(t, namedServer("A"))
+	u := testutil.NewServer(t, namedServer("A"))
 	_, port, _ := net.SplitHostPort(u.Listener.Addr().String())
 	url := func(host string) string { return "http://" + host + ":" + port + "/" }
-	r := new(fakeResolver)
-	r.set("svc.test", "127.0.0.1")
-	r.set("burst.test", "127.0.0.1")
+	r := new(testutil.Resolver)
+	r.Set("svc.test", "127.0.0.1")
+	r.Set("burst.test", "127.0.0.1")
 	start := func(t *testing.T, ttl time.Duration) *graph {
 		var g graph
 		app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withResolver(r),
@@ -216,7 +156,7 @@ func TestDNSCache(t *testing.T) {
 
 	t.Run("concurrent lookups of a name are merged", func(t *testing.T) {
 		g := start(t, time.Minute)
-		before := r.calls.Load()
+		before := r.Calls.Load()
 		var wg sync.WaitGroup
 		for range 16 {
 			wg.Add(1)
@@ -226,15 +166,15 @@ func TestDNSCache(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		if n := r.calls.Load() - before; n != 1 {
+		if n := r.Calls.Load() - before; n != 1 {
 			t.Errorf("16 concurrent first requests looked the name up %d times, want 1", n)
 		}
 	})
 	g := start(t, 50*time.Millisecond)
 	t.Run("the last good answer is served while the resolver fails", func(t *testing.T) {
 		mustGet(t, g.Client, url("svc.test"))
-		r.fail(errors.New("SERVFAIL"))
-		defer r.fail(nil)
+		r.Fail(errors.New("SERVFAIL"))
+		defer r.Fail(nil)
 		time.Sleep(100 * time.Millisecond) // past DNSTTL
 		httpfx.CloseIdleConnections(g.Client)
 		if got, err := get(g.Client, url("svc.test")); err != nil || got != "A" {
@@ -242,10 +182,8 @@ func TestDNSCache(t *testing.T) {
 		}
 		// A resolver that now hangs until its timeout: the stale answer is served at once,
 		// while the refresh waits in the background.
-		r.mu.Lock()
-		r.hang = true
-		r.mu.Unlock()
-		defer func() { r.mu.Lock(); r.hang = false; r.mu.Unlock() }()
+		r.Hang(true)
+		defer r.Hang(false)
 		time.Sleep(1100 * time.Millisecond) // past the negative answer's second: a refresh is due
 		httpfx.CloseIdleConnections(g.Client)
 		began := time.Now()
@@ -254,14 +192,14 @@ func TestDNSCache(t *testing.T) {
 		}
 	})
 	t.Run("a failure is remembered briefly", func(t *testing.T) {
-		before := r.calls.Load()
+		before := r.Calls.Load()
 		for range 10 {
 			_, err := get(g.Client, url("missing.test"))
 			if err == nil || !strings.Contains(err.Error(), "httpfx: lookup missing.test") {
 				t.Fatalf("GET of a name that does not resolve: %v, want an error naming it", err)
 			}
 		}
-		if n := r.calls.Load() - before; n > 2 {
+		if n := r.Calls.Load() - before; n > 2 {
 			t.Errorf("10 requests to a failing name looked it up %d times, want 1 (2 if a second passed)", n)
 		}
 	})
@@ -269,10 +207,10 @@ func TestDNSCache(t *testing.T) {
 
 // A dual-stack name still connects when one address family is unreachable.
 func TestDualStackFallback(t *testing.T) {
-	u := newUpstream(t, namedServer("A")) // IPv4 only
+	u := testutil.NewServer(t, namedServer("A")) // IPv4 only
 	_, port, _ := net.SplitHostPort(u.Listener.Addr().String())
-	r := new(fakeResolver)
-	r.set("dual.test", "::1", "127.0.0.1") // nothing listens on [::1]:port
+	r := new(testutil.Resolver)
+	r.Set("dual.test", "::1", "127.0.0.1") // nothing listens on [::1]:port
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withResolver(r))
 	app.RequireStart()
@@ -280,5 +218,5 @@ func TestDualStackFallback(t *testing.T) {
 		t.Errorf("GET = %q, %v; want A over IPv4", got, err)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }

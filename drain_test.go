@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 )
@@ -29,7 +30,7 @@ func withConfig(edit func(*httpfx.Config)) fx.Option {
 // none is closed during the run, and about one is opened per caller.
 func TestConnectionReuseUnderConcurrency(t *testing.T) {
 	const callers, perCaller = 64, 20
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g))
 	app.RequireStart()
@@ -56,15 +57,15 @@ func TestConnectionReuseUnderConcurrency(t *testing.T) {
 
 	s := g.Stats.Snapshot()
 	t.Logf("%d requests, %d connections opened (server accepted %d), reuse ratio %.3f",
-		s.Requests, s.ConnsOpened, u.opened.Load(), s.ReuseRatio())
+		s.Requests, s.ConnsOpened, u.Opened(), s.ReuseRatio())
 	if s.Requests != callers*perCaller || s.Failed != 0 {
 		t.Errorf("requests = %d, failed = %d; want %d, 0", s.Requests, s.Failed, callers*perCaller)
 	}
-	if n := u.closed.Load(); n != 0 {
+	if n := u.Closed(); n != 0 {
 		t.Errorf("%d connections were closed during the run, want 0: the pool must keep every connection it opened", n)
 	}
-	if s.ConnsOpen != s.ConnsOpened || s.ConnsOpened != u.opened.Load() {
-		t.Errorf("client counts %d opened / %d open, server %d: want all opened still open", s.ConnsOpened, s.ConnsOpen, u.opened.Load())
+	if s.ConnsOpen != s.ConnsOpened || s.ConnsOpened != u.Opened() {
+		t.Errorf("client counts %d opened / %d open, server %d: want all opened still open", s.ConnsOpened, s.ConnsOpen, u.Opened())
 	}
 	// net/http may dial extra connections in a cold burst: a freed connection goes to a caller
 	// whose dial is still in flight, and that dial still completes. How many depends on how
@@ -74,12 +75,12 @@ func TestConnectionReuseUnderConcurrency(t *testing.T) {
 		t.Errorf("connections opened = %d, want close to %d", s.ConnsOpened, callers)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // streamHandler writes a first chunk, waits at g, then streams the rest. It answers /probe
 // at once.
-func streamHandler(g *gate, chunks int) http.Handler {
+func streamHandler(g *testutil.Gate, chunks int) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/probe" {
 			return
@@ -87,7 +88,7 @@ func streamHandler(g *gate, chunks int) http.Handler {
 		fl := w.(http.Flusher)
 		io.WriteString(w, "start;")
 		fl.Flush()
-		g.wait()
+		g.Wait()
 		for i := range chunks {
 			fmt.Fprintf(w, "%d;", i)
 			fl.Flush()
@@ -107,9 +108,9 @@ func wantStream(chunks int) string {
 // Stop waits for 50 response bodies that are still being streamed; all complete, none is cut.
 func TestStopDrainsStreamingBodies(t *testing.T) {
 	const n, chunks = 50, 20
-	release := newGate()
-	defer release.release()
-	u := newUpstream(t, streamHandler(release, chunks))
+	release := testutil.NewGate()
+	defer release.Release()
+	u := testutil.NewServer(t, streamHandler(release, chunks))
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g))
 	app.RequireStart()
@@ -129,19 +130,19 @@ func TestStopDrainsStreamingBodies(t *testing.T) {
 			bodies <- b
 		}()
 	}
-	waitFor(t, "50 responses are streaming", func() bool {
-		return release.waiting.Load() == n && g.Stats.Snapshot().InFlight == n
+	testutil.WaitFor(t, "50 responses are streaming", func() bool {
+		return release.Waiting.Load() == n && g.Stats.Snapshot().InFlight == n
 	})
 
 	stopped := make(chan error, 1)
 	go func() { stopped <- app.Stop(context.Background()) }()
-	waitFor(t, "the gate closes", func() bool { return gateClosed(g.Client, u.URL+"/probe") })
+	testutil.WaitFor(t, "the gate closes", func() bool { return gateClosed(g.Client, u.URL+"/probe") })
 	select {
 	case err := <-stopped:
 		t.Fatalf("stop returned (%v) while 50 bodies were being read", err)
 	default:
 	}
-	release.release()
+	release.Release()
 	wg.Wait()
 	close(errs)
 	close(bodies)
@@ -161,7 +162,7 @@ func TestStopDrainsStreamingBodies(t *testing.T) {
 	if complete != n || s.Cut != 0 || s.InFlight != 0 {
 		t.Errorf("%d of %d bodies complete, %d cut, %d in flight; want all complete, none cut", complete, n, s.Cut, s.InFlight)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Past the drain bound, stop cuts the requests still running: they fail instead of hanging,
@@ -182,13 +183,13 @@ func TestStopPastDeadlineCutsHungRequests(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			hang := newGate()
-			defer hang.release()
-			u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			hang := testutil.NewGate()
+			defer hang.Release()
+			u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path == "/body" {
 					w.(http.Flusher).Flush() // headers now, the body never
 				}
-				hang.wait()
+				hang.Wait()
 			}))
 			var g graph
 			app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withConfig(func(c *httpfx.Config) {
@@ -209,7 +210,7 @@ func TestStopPastDeadlineCutsHungRequests(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "4 requests hang", func() bool { return hang.waiting.Load() == 4 })
+			testutil.WaitFor(t, "4 requests hang", func() bool { return hang.Waiting.Load() == 4 })
 
 			ctx, cancel := context.WithTimeout(context.Background(), tt.stopTimeout)
 			defer cancel()
@@ -235,20 +236,20 @@ func TestStopPastDeadlineCutsHungRequests(t *testing.T) {
 			if err := app.Stop(context.Background()); err != nil && !strings.Contains(err.Error(), "cut 4 in-flight") {
 				t.Errorf("second stop: %v", err)
 			}
-			hang.release() // The server closes a connection only when its handler returns.
-			u.requireNoConns(t)
+			hang.Release() // The server closes a connection only when its handler returns.
+			u.RequireNoConns(t)
 		})
 	}
 }
 
 // Config.Timeout covers the whole request, body included, without http.Client.Timeout.
 func TestTimeoutCoversBody(t *testing.T) {
-	hang := newGate()
-	defer hang.release()
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	hang := testutil.NewGate()
+	defer hang.Release()
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "partial")
 		w.(http.Flusher).Flush()
-		hang.wait()
+		hang.Wait()
 	}))
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withConfig(func(c *httpfx.Config) {
@@ -271,7 +272,7 @@ func TestTimeoutCoversBody(t *testing.T) {
 
 // A response without a body is finished when it arrives, even if the caller never closes it.
 func TestEmptyBodyIsNotInFlight(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	var g graph
@@ -286,13 +287,13 @@ func TestEmptyBodyIsNotInFlight(t *testing.T) {
 	}
 	app.RequireStop()
 	resp.Body.Close()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A 101 Switching Protocols body stays writable through the shared client and counts as in
 // flight until it is closed.
 func TestSwitchingProtocolsStaysWritable(t *testing.T) {
-	u := newUpstream(t, echoUpgradeHandler(nil))
+	u := testutil.NewServer(t, echoUpgradeHandler(nil))
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g))
 	app.RequireStart()
@@ -326,5 +327,5 @@ func TestSwitchingProtocolsStaysWritable(t *testing.T) {
 		t.Errorf("in flight = %d after close, want 0", s.InFlight)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }

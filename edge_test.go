@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 )
@@ -72,7 +73,7 @@ func TestGateFollowerClosesBodyOnGiveUp(t *testing.T) {
 			resp.Body.Close()
 		}
 	}()
-	waitFor(t, "the leader is in flight", func() bool { return g.Stats.Snapshot().InFlight == 1 })
+	testutil.WaitFor(t, "the leader is in flight", func() bool { return g.Stats.Snapshot().InFlight == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	body := &trackedBody{Reader: strings.NewReader("payload")}
@@ -107,7 +108,7 @@ func TestDecoratedClientCertificate(t *testing.T) {
 		t.Errorf("GET = %q, %v; want HTTP/2.0 with the decorated certificate", got, err)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // The mutual-TLS hint is given only for HTTPS errors that look like a peer cutting the
@@ -129,15 +130,15 @@ func TestClientCertificateHintIsNarrow(t *testing.T) {
 		t.Errorf("connection refused on plain HTTP: %v, want no mutual-TLS hint", err)
 	}
 	app.RequireStop()
-	optional.requireNoConns(t)
+	optional.RequireNoConns(t)
 }
 
 // After stop, an upstream request whose slots are all taken is refused at once, not after a
 // slot frees.
 func TestUpstreamRefusedAtOnceWhenFull(t *testing.T) {
-	release := newGate()
-	defer release.release()
-	u := newUpstream(t, streamHandler(release, 1))
+	release := testutil.NewGate()
+	defer release.Release()
+	u := testutil.NewServer(t, streamHandler(release, 1))
 	var got struct {
 		fx.In
 		One    *http.Client `name:"one"`
@@ -152,7 +153,7 @@ func TestUpstreamRefusedAtOnceWhenFull(t *testing.T) {
 	}
 	stopped := make(chan error, 1)
 	go func() { stopped <- app.Stop(context.Background()) }()
-	waitFor(t, "the gate closes", func() bool { return gateClosed(got.Shared, u.URL+"/probe") })
+	testutil.WaitFor(t, "the gate closes", func() bool { return gateClosed(got.Shared, u.URL+"/probe") })
 	refused := make(chan error, 1)
 	go func() {
 		_, err := get(got.One, "/probe")
@@ -166,19 +167,19 @@ func TestUpstreamRefusedAtOnceWhenFull(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("a request to a full upstream after stop waited for a slot instead of failing with ErrClosed")
 	}
-	release.release()
+	release.Release()
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A header named by code and by configuration in another case is one header, and the
 // configuration's value wins, every time.
 func TestUpstreamHeaderCase(t *testing.T) {
-	u := newUpstream(t, echoHandler())
+	u := testutil.NewServer(t, echoHandler())
 	for range 5 {
 		cfg := httpfx.DefaultConfig()
 		if err := cfg.ApplyEnv([]string{"HTTPFX_UPSTREAMS__PAY__HEADERS__AUTHORIZATION=from-env"}); err != nil {
@@ -202,13 +203,13 @@ func TestUpstreamHeaderCase(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `upstream "pay": Headers: "X-Key" and "x-key" name the same header`) {
 		t.Errorf("Validate() = %v, want the duplicate named", err)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A 101 stream outlives Config.Timeout (net/http stops watching the request's context after
 // the upgrade), stays in flight until closed, and so is drained at stop.
 func TestUpgradedStreamOutlivesTimeout(t *testing.T) {
-	u := newUpstream(t, echoUpgradeHandler(nil))
+	u := testutil.NewServer(t, echoUpgradeHandler(nil))
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withConfig(func(c *httpfx.Config) { c.Timeout = 200 * time.Millisecond }))
 	app.RequireStart()
@@ -230,12 +231,12 @@ func TestUpgradedStreamOutlivesTimeout(t *testing.T) {
 	}
 	stream.Close()
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A component that takes only the transport (a reverse proxy, say) is stopped before httpfx.
 func TestTransportConsumerStopsFirst(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	var stopErr error
 	app := fxtest.New(t, fx.NopLogger,
 		fx.Invoke(func(lc fx.Lifecycle, tr *http.Transport) {
@@ -249,12 +250,12 @@ func TestTransportConsumerStopsFirst(t *testing.T) {
 	if stopErr != nil {
 		t.Fatalf("the transport consumer's OnStop request: %v; want httpfx still up", stopErr)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A request with a nil Header and a configured User-Agent neither panics nor stays in flight.
 func TestNilHeaderWithUserAgent(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	app, g := relApp(t, func(c *httpfx.Config) { c.UserAgent = "svc/1" })
 	req, _ := http.NewRequest(http.MethodGet, u.URL, nil)
 	req.Header = nil
@@ -266,7 +267,7 @@ func TestNilHeaderWithUserAgent(t *testing.T) {
 		t.Errorf("in flight = %d, want 0", s.InFlight)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A response without a body is finished at once, over HTTP/1.1 as over HTTP/2, where net/http
@@ -282,7 +283,7 @@ func TestEmptyResponsesNeverHoldStop(t *testing.T) {
 	})
 	for _, h2 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) {
-			u := newTLSUpstream(t, h, h2)
+			u := testutil.NewTLSServer(t, h, h2)
 			roots := x509.NewCertPool()
 			roots.AddCert(u.Certificate())
 			var g graph
@@ -299,7 +300,7 @@ func TestEmptyResponsesNeverHoldStop(t *testing.T) {
 				t.Errorf("%d requests in flight after three responses without a body, want 0", n)
 			}
 			app.RequireStop()
-			u.requireNoConns(t)
+			u.RequireNoConns(t)
 		})
 	}
 }
@@ -308,7 +309,7 @@ func TestEmptyResponsesNeverHoldStop(t *testing.T) {
 // fails, never gets httpfx's stop: nothing of httpfx outlives that request but the pooled
 // connection, which IdleConnTimeout closes (the sweeper leaves once nothing is in flight).
 func TestFailedNewLeavesNothingRunning(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	app := fx.New(fx.NopLogger, httpfx.Module,
 		withConfig(func(c *httpfx.Config) { c.IdleConnTimeout = 100 * time.Millisecond }),
 		fx.Invoke(func(c *http.Client) error { _, err := get(c, u.URL); return err }),
@@ -316,5 +317,5 @@ func TestFailedNewLeavesNothingRunning(t *testing.T) {
 	if app.Err() == nil {
 		t.Fatal("fx.New succeeded, want the invoke's error")
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -70,11 +71,11 @@ func newGet(t testing.TB, url string) *http.Request {
 func TestUpstreamRestartOnSameAddress(t *testing.T) {
 	t.Run("hard restart", func(t *testing.T) {
 		const pooled = 4
-		warm := newGate()
-		defer warm.release()
+		warm := testutil.NewGate()
+		defer warm.Release()
 		old := newRawServer(t, "127.0.0.1:0", rawHTTP(func(c net.Conn, _ *bufio.Reader, req *http.Request) bool {
 			if req.URL.Path == "/warm" {
-				warm.wait()
+				warm.Wait()
 			}
 			return rawWriteOK(c, "old")
 		}))
@@ -91,8 +92,8 @@ func TestUpstreamRestartOnSameAddress(t *testing.T) {
 				}
 			}()
 		}
-		waitFor(t, "4 warm-up requests reach the old server", func() bool { return warm.waiting.Load() == pooled })
-		warm.release()
+		testutil.WaitFor(t, "4 warm-up requests reach the old server", func() bool { return warm.Waiting.Load() == pooled })
+		warm.Release()
 		wg.Wait()
 		if s := g.Stats.Snapshot(); s.ConnsOpen != pooled {
 			t.Fatalf("pool holds %d connections, want %d kept alive", s.ConnsOpen, pooled)
@@ -259,7 +260,7 @@ func unreplayablePost(t *testing.T, url string) *http.Request {
 // reading the body; the request leaves the in-flight count as failed; and the pool stays
 // usable, for the same host and for another.
 func TestBrokenResponses(t *testing.T) {
-	healthy := newUpstream(t, okHandler())
+	healthy := testutil.NewServer(t, okHandler())
 	write := func(s string) rawHandler {
 		return func(c net.Conn, _ *bufio.Reader, _ *http.Request) bool {
 			io.WriteString(c, s)
@@ -363,11 +364,11 @@ func TestBrokenResponses(t *testing.T) {
 				t.Errorf("stats = %+v, want 3 requests, 1 failed, none in flight", s)
 			}
 			app.RequireStop() // nothing left to cut
-			waitFor(t, "the healthy server sees its connection closed", func() bool { return healthy.open() == 0 })
+			testutil.WaitFor(t, "the healthy server sees its connection closed", func() bool { return healthy.Open() == 0 })
 			raw.requireClientGone(t)
 		})
 	}
-	healthy.requireNoConns(t)
+	healthy.RequireNoConns(t)
 }
 
 // A slow or absent upstream ends in an error within the configured bound: headers that never
@@ -378,7 +379,7 @@ func TestSlowUpstream(t *testing.T) {
 		awaitClientClose(c)
 		return false
 	}))
-	stalls := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	stalls := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "partial")
 		w.(http.Flusher).Flush()
 		<-r.Context().Done() // the client closed the connection
@@ -460,14 +461,14 @@ func TestSlowUpstream(t *testing.T) {
 			app.RequireStop()
 		})
 	}
-	waitFor(t, "the stalling server sees its connections closed", func() bool { return stalls.open() == 0 })
+	testutil.WaitFor(t, "the stalling server sees its connections closed", func() bool { return stalls.Open() == 0 })
 	noHeaders.requireClientGone(t)
 }
 
 // A caller that never closes a response body: stop waits for it until the drain bound, cuts
 // it, says so in its error and in the summary log line, and leaves no goroutine behind.
 func TestStopCutsBodyNeverClosed(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "a body nobody reads")
 	}))
 	core, logs := observer.New(zap.InfoLevel)
@@ -499,14 +500,14 @@ func TestStopCutsBodyNeverClosed(t *testing.T) {
 	if s := g.Stats.Snapshot(); s.Cut != 1 || s.ConnsOpen != 0 {
 		t.Errorf("stats = %+v, want 1 cut and no connection open", s)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A caller that cancels its context while the body is still coming, and neither reads nor
 // closes the body, does not hold stop: the request is finished as soon as stop looks at it
 // (or by the sampled reap, under traffic), and is not counted as cut.
 func TestCancelMidBodyLeavesInFlight(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "partial")
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
@@ -542,14 +543,14 @@ func TestCancelMidBodyLeavesInFlight(t *testing.T) {
 	if s := g.Stats.Snapshot(); s.InFlight != 0 || s.Requests != 1 || s.Failed != 1 || s.Cut != 0 {
 		t.Errorf("stats = %+v, want 1 request, failed, none in flight, none cut", s)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A 101 Switching Protocols stream through the shared client: stop waits for it while it is
 // open and it keeps working both ways; past the drain bound, stop cuts it.
 func TestSwitchingProtocolsAtStop(t *testing.T) {
 	var live atomic.Int64 // hijacked connections whose handler has not returned
-	u := newUpstream(t, echoUpgradeHandler(&live))
+	u := testutil.NewServer(t, echoUpgradeHandler(&live))
 	open := func(t *testing.T, c *http.Client) (io.ReadWriteCloser, *bufio.Reader) {
 		req := newGet(t, u.URL)
 		req.Header.Set("Connection", "Upgrade")
@@ -583,7 +584,7 @@ func TestSwitchingProtocolsAtStop(t *testing.T) {
 
 		stopped := make(chan error, 1)
 		go func() { stopped <- app.Stop(context.Background()) }()
-		waitFor(t, "the gate closes", func() bool { return gateClosed(g.Client, u.URL+"/probe") })
+		testutil.WaitFor(t, "the gate closes", func() bool { return gateClosed(g.Client, u.URL+"/probe") })
 		ping(t, stream, br, "while stop waits")
 		select {
 		case err := <-stopped:
@@ -605,8 +606,8 @@ func TestSwitchingProtocolsAtStop(t *testing.T) {
 		if s := g.Stats.Snapshot(); s.InFlight != 0 || s.Cut != 0 {
 			t.Errorf("stats = %+v, want none in flight, none cut", s)
 		}
-		waitFor(t, "the server's stream handler returns", func() bool { return live.Load() == 0 })
-		u.requireNoConns(t)
+		testutil.WaitFor(t, "the server's stream handler returns", func() bool { return live.Load() == 0 })
+		u.RequireNoConns(t)
 	})
 
 	t.Run("past the drain bound the stream is cut", func(t *testing.T) {
@@ -631,8 +632,8 @@ func TestSwitchingProtocolsAtStop(t *testing.T) {
 		if s := g.Stats.Snapshot(); s.Cut != 1 || s.InFlight != 0 || s.ConnsOpen != 0 {
 			t.Errorf("stats = %+v, want 1 cut, none in flight, no connection open", s)
 		}
-		waitFor(t, "the server's stream handler returns", func() bool { return live.Load() == 0 })
-		u.requireNoConns(t)
+		testutil.WaitFor(t, "the server's stream handler returns", func() bool { return live.Load() == 0 })
+		u.RequireNoConns(t)
 	})
 }
 
@@ -642,7 +643,7 @@ func TestSwitchingProtocolsAtStop(t *testing.T) {
 // time, so that -race sees many interleavings.
 func TestStopWhileAdmittingRace(t *testing.T) {
 	const iterations, senders, perSender = 20, 32, 16
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	var totalOK, totalClosed int64
 	for i := range iterations {
 		app, g := relApp(t, nil)
@@ -678,7 +679,7 @@ func TestStopWhileAdmittingRace(t *testing.T) {
 				}
 			}()
 		}
-		waitFor(t, "requests are admitted", func() bool {
+		testutil.WaitFor(t, "requests are admitted", func() bool {
 			return g.Stats.Snapshot().Requests >= stopAfter || running.Load() == 0
 		})
 		var stopErr error
@@ -704,5 +705,5 @@ func TestStopWhileAdmittingRace(t *testing.T) {
 	if totalOK == 0 || totalClosed == 0 {
 		t.Errorf("%d completed and %d refused over all iterations: stop never met requests in flight", totalOK, totalClosed)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }

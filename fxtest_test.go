@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 	"go.uber.org/zap"
@@ -71,7 +72,7 @@ func populate(g *graph) fx.Option {
 }
 
 func TestZeroConfigStartStop(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g))
 	app.RequireStart()
@@ -102,7 +103,7 @@ func TestZeroConfigStartStop(t *testing.T) {
 	if s.Requests != 1 || s.InFlight != 0 || s.ConnsOpened != 1 || s.ConnsOpen != 0 || s.Cut != 0 {
 		t.Errorf("stats after stop = %+v, want 1 request, 1 connection opened, none open, none cut", s)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 func TestOneClientSharedByConsumers(t *testing.T) {
@@ -122,14 +123,14 @@ func TestOneClientSharedByConsumers(t *testing.T) {
 }
 
 func TestRequestsAfterStopFailWithErrClosed(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g))
 	app.RequireStart()
 	mustGet(t, g.Client, u.URL)
 	app.RequireStop()
 
-	served := u.opened.Load()
+	served := u.Opened()
 	body := &closeCounter{Reader: strings.NewReader("payload")}
 	req, _ := http.NewRequest(http.MethodPost, u.URL, body)
 	start := time.Now()
@@ -143,13 +144,13 @@ func TestRequestsAfterStopFailWithErrClosed(t *testing.T) {
 	if body.closed.Load() != 1 {
 		t.Errorf("request body closed %d times, want 1 (a RoundTripper must close it)", body.closed.Load())
 	}
-	if u.opened.Load() != served {
+	if u.Opened() != served {
 		t.Error("a request after stop reached the server")
 	}
 	if s := g.Stats.Snapshot(); s.Rejected != 1 || s.Requests != 1 {
 		t.Errorf("stats = %+v, want 1 request and 1 rejected", s)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // gateClosed sends one request and reports whether it was refused with ErrClosed.
@@ -168,7 +169,7 @@ func (c *closeCounter) Close() error { c.closed.Add(1); return nil }
 // A component that depends on the client is stopped before the client drains, so its own
 // OnStop can still send requests.
 func TestDependentOnStopCanUseClient(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	var stopErr error
 	var stopBody string
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module,
@@ -180,7 +181,7 @@ func TestDependentOnStopCanUseClient(t *testing.T) {
 	if stopErr != nil || stopBody != "ok" {
 		t.Fatalf("dependent's OnStop request: body %q, err %v; want ok", stopBody, stopErr)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 func TestBadConfigFailsFxNew(t *testing.T) {
@@ -234,7 +235,7 @@ func TestLoggerNamedAndOptional(t *testing.T) {
 
 // The six ways to change what the module provides with fx.Decorate and fx.Replace.
 func TestDecorateTransportInPlace(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g),
 		fx.Decorate(func(tr *http.Transport) *http.Transport {
@@ -254,7 +255,7 @@ func TestDecorateTransportInPlace(t *testing.T) {
 		t.Errorf("ConnsOpened = %d, want 1: the adjusted transport is still owned and counted", s.ConnsOpened)
 	}
 	app.RequireStop()
-	u.requireNoConns(t) // The owned transport was closed.
+	u.RequireNoConns(t) // The owned transport was closed.
 }
 
 // plainWrapper wraps a RoundTripper and, like most wrappers, has no CloseIdleConnections.
@@ -269,16 +270,16 @@ func (w *plainWrapper) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 func TestDecorateWrapRoundTripper(t *testing.T) {
-	release := newGate()
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	release := testutil.NewGate()
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("head-"))
 		w.(http.Flusher).Flush()
 		if r.URL.Path == "/slow" {
-			release.wait()
+			release.Wait()
 		}
 		io.WriteString(w, "tail")
 	}))
-	defer release.release()
+	defer release.Release()
 	var g graph
 	var wrapper *plainWrapper
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g),
@@ -301,7 +302,7 @@ func TestDecorateWrapRoundTripper(t *testing.T) {
 	if err := httpfx.CloseIdleConnections(g.Client); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the idle connection is closed through the wrapper", func() bool { return u.open() == 0 })
+	testutil.WaitFor(t, "the idle connection is closed through the wrapper", func() bool { return u.Open() == 0 })
 
 	// Drain still covers requests through the wrapper.
 	resp, err := g.Client.Get(u.URL + "/slow")
@@ -310,13 +311,13 @@ func TestDecorateWrapRoundTripper(t *testing.T) {
 	}
 	stopped := make(chan error, 1)
 	go func() { stopped <- app.Stop(context.Background()) }()
-	waitFor(t, "the gate closes", func() bool { return gateClosed(g.Client, u.URL) })
+	testutil.WaitFor(t, "the gate closes", func() bool { return gateClosed(g.Client, u.URL) })
 	select {
 	case err := <-stopped:
 		t.Fatalf("stop returned (%v) while a body was still being read", err)
 	default:
 	}
-	release.release()
+	release.Release()
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil || string(b) != "head-tail" {
@@ -325,7 +326,7 @@ func TestDecorateWrapRoundTripper(t *testing.T) {
 	if err := <-stopped; err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	u.requireNoConns(t) // The owned transport was closed although the wrapper hides it.
+	u.RequireNoConns(t) // The owned transport was closed although the wrapper hides it.
 }
 
 // callerRT is a caller's round tripper with its own transport; it counts CloseIdleConnections.
@@ -338,15 +339,15 @@ func (c *callerRT) RoundTrip(r *http.Request) (*http.Response, error) { return c
 func (c *callerRT) CloseIdleConnections()                             { c.closeCalls.Add(1) }
 
 func TestDecorateReplaceRoundTripper(t *testing.T) {
-	release := newGate()
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	release := testutil.NewGate()
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.(http.Flusher).Flush()
 		if r.URL.Path == "/slow" {
-			release.wait()
+			release.Wait()
 		}
 		io.WriteString(w, "done")
 	}))
-	defer release.release()
+	defer release.Release()
 	mine := &callerRT{tr: &http.Transport{}}
 	defer mine.tr.CloseIdleConnections()
 	var g graph
@@ -360,13 +361,13 @@ func TestDecorateReplaceRoundTripper(t *testing.T) {
 	}
 	stopped := make(chan error, 1)
 	go func() { stopped <- app.Stop(context.Background()) }()
-	waitFor(t, "the gate closes", func() bool { return gateClosed(g.Client, u.URL) })
+	testutil.WaitFor(t, "the gate closes", func() bool { return gateClosed(g.Client, u.URL) })
 	select {
 	case err := <-stopped:
 		t.Fatalf("stop returned (%v) before the caller's round tripper finished", err)
 	default:
 	}
-	release.release()
+	release.Release()
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if string(b) != "done" {
@@ -378,15 +379,15 @@ func TestDecorateReplaceRoundTripper(t *testing.T) {
 	if n := mine.closeCalls.Load(); n != 0 {
 		t.Errorf("httpfx called the caller's CloseIdleConnections %d times, want 0", n)
 	}
-	if n := u.closed.Load(); n != 0 {
+	if n := u.Closed(); n != 0 {
 		t.Errorf("%d of the caller's connections were closed at stop, want none", n)
 	}
 	mine.tr.CloseIdleConnections()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 func TestDecorateReplaceClient(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	mine := &http.Client{Transport: &http.Transport{}}
 	defer mine.CloseIdleConnections()
 	core, logs := observer.New(zap.InfoLevel)
@@ -406,20 +407,20 @@ func TestDecorateReplaceClient(t *testing.T) {
 		t.Errorf("httpfx tracked %d requests of the caller's client, want 0", s.Requests)
 	}
 	// The caller's client and its connection were left alone and still work.
-	if u.open() != 1 {
-		t.Errorf("server has %d open connections, want the caller's 1", u.open())
+	if u.Open() != 1 {
+		t.Errorf("server has %d open connections, want the caller's 1", u.Open())
 	}
 	if body := mustGet(t, got, u.URL); body != "ok" {
 		t.Errorf("caller's client after stop: %q", body)
 	}
-	if u.opened.Load() != 1 {
-		t.Errorf("server accepted %d connections, want 1 reused by the caller's client", u.opened.Load())
+	if u.Opened() != 1 {
+		t.Errorf("server accepted %d connections, want 1 reused by the caller's client", u.Opened())
 	}
 	if n := logs.FilterMessageSnippet("caller-supplied *http.Client").Len(); n != 1 {
 		t.Errorf("caller-supplied client logged %d times, want once", n)
 	}
 	mine.CloseIdleConnections()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 func TestDecorateConfigKeepsOtherDefaults(t *testing.T) {
@@ -458,7 +459,7 @@ func TestReplaceConfig(t *testing.T) {
 
 // New works without fx: with fxtest's lifecycle, and with no lifecycle and Shutdown.
 func TestNewWithoutFx(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	t.Run("lifecycle", func(t *testing.T) {
 		lc := fxtest.NewLifecycle(t)
 		res, err := httpfx.New(httpfx.Params{Lifecycle: lc, Config: httpfx.DefaultConfig()})
@@ -500,5 +501,5 @@ func TestNewWithoutFx(t *testing.T) {
 			t.Errorf("New with bad config: %v, want an error naming DialTimeout", err)
 		}
 	})
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }

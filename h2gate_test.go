@@ -4,11 +4,11 @@ import (
 	"crypto/x509"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"testing"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 )
@@ -16,12 +16,11 @@ import (
 // newH2Upstream starts a TLS upstream offering HTTP/2 (or not) with room for streams
 // concurrent requests per connection, and returns the option that makes the owned transport
 // trust it.
-func newH2Upstream(t *testing.T, http2 bool, streams int) (*upstream, fx.Option) {
+func newH2Upstream(t *testing.T, http2 bool, streams int) (*testutil.Server, fx.Option) {
 	t.Helper()
-	u := &upstream{Server: httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewUnstartedServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.Proto)
-	}))}
-	u.Config.ConnState = u.track
+	}))
 	u.EnableHTTP2 = http2
 	u.Config.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: streams}
 	u.StartTLS()
@@ -71,18 +70,18 @@ func TestColdBurstDialsOnceForHTTP2(t *testing.T) {
 			if got := burst(t, g.Client, u.URL, n); got["HTTP/2.0"] != n {
 				t.Fatalf("round %d: responses by protocol %v, want %d over HTTP/2.0", round, got, n)
 			}
-			if opened := u.opened.Load(); opened != int64(round+1) {
+			if opened := u.Opened(); opened != int64(round+1) {
 				t.Errorf("after cold burst %d the server accepted %d connections, want %d: one per burst", round+1, opened, round+1)
 			}
 			// Empty the pool, so that the next burst is cold again. (An HTTP/2 connection is
 			// idle only once its streams are cleaned up, a moment after the last body.)
-			waitFor(t, "the connection closes", func() bool {
+			testutil.WaitFor(t, "the connection closes", func() bool {
 				httpfx.CloseIdleConnections(g.Client)
 				return g.Stats.Snapshot().ConnsOpen == 0
 			})
 		}
 		app.RequireStop()
-		u.requireNoConns(t)
+		u.RequireNoConns(t)
 	})
 	t.Run("HTTP/1.1", func(t *testing.T) {
 		u, trust := newH2Upstream(t, false, 0)
@@ -96,6 +95,6 @@ func TestColdBurstDialsOnceForHTTP2(t *testing.T) {
 			t.Errorf("%d connections opened, %d open: want several, all kept", s.ConnsOpened, s.ConnsOpen)
 		}
 		app.RequireStop()
-		u.requireNoConns(t)
+		u.RequireNoConns(t)
 	})
 }

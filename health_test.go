@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 )
@@ -110,7 +111,7 @@ func TestKeepAliveRaceLosesNoPost(t *testing.T) {
 			if _, err := postOnce(client, ngx.URL, "warmup"); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "the idle bound is learned without a request", func() bool {
+			testutil.WaitFor(t, "the idle bound is learned without a request", func() bool {
 				_, ok := stats.Snapshot().IdleBounds[addr]
 				return ok
 			})
@@ -235,7 +236,7 @@ func (f *freezer) pipe(dst, src net.Conn) {
 // A dead HTTP/2 connection fails its request within the ping bound instead of hanging until
 // the request's timeout, and counts as dead.
 func TestDeadHTTP2PeerFoundByPing(t *testing.T) {
-	u := newTLSUpstream(t, okHandler(), true)
+	u := testutil.NewTLSServer(t, okHandler(), true)
 	f := newFreezer(t, u.Listener.Addr().String())
 	roots := x509.NewCertPool()
 	roots.AddCert(u.Certificate())
@@ -264,7 +265,7 @@ func TestDeadHTTP2PeerFoundByPing(t *testing.T) {
 	if err == nil || took > 10*time.Second {
 		t.Fatalf("request over a dead connection: %v after %v; want an error within the ping bound, long before the 30s timeout", err, took)
 	}
-	waitFor(t, "the dead connection is counted", func() bool { return g.Stats.Snapshot().ConnsRetired[httpfx.RetiredDead] == 1 })
+	testutil.WaitFor(t, "the dead connection is counted", func() bool { return g.Stats.Snapshot().ConnsRetired[httpfx.RetiredDead] == 1 })
 	t.Logf("failed after %v: %v", took.Round(time.Millisecond), err)
 	app.RequireStop()
 }
@@ -273,7 +274,7 @@ func TestDeadHTTP2PeerFoundByPing(t *testing.T) {
 // connection's lifetime and than its server's idle bound completes; the connection is retired
 // when the next request takes it, and that request goes on a new one.
 func TestRetiringNeverCutsAStream(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Keep-Alive", "timeout=1")
 		if r.URL.Path != "/stream" {
 			io.WriteString(w, "ok")
@@ -306,13 +307,13 @@ func TestRetiringNeverCutsAStream(t *testing.T) {
 		t.Errorf("idle bound from Keep-Alive: timeout=1 = %v, want 1s", b)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Only the first write of a request that took a pooled connection is checked: an upgraded
 // stream on a reused connection keeps writing while the server's data waits unread.
 func TestHealthLeavesStreamsOnReusedConnectionsAlone(t *testing.T) {
-	u := newUpstream(t, echoUpgradeHandler(nil))
+	u := testutil.NewServer(t, echoUpgradeHandler(nil))
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g))
 	app.RequireStart()
@@ -342,7 +343,7 @@ func TestHealthLeavesStreamsOnReusedConnectionsAlone(t *testing.T) {
 	}
 	stream.Close()
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A server's close of an idle connection teaches its idle bound at once, without any request
@@ -363,7 +364,7 @@ func TestIdleBoundLearnedFromIdleClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := strings.TrimPrefix(srv.URL, "http://")
-	waitFor(t, "the idle bound is learned", func() bool {
+	testutil.WaitFor(t, "the idle bound is learned", func() bool {
 		_, ok := stats.Snapshot().IdleBounds[addr]
 		return ok
 	})

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 )
 
@@ -117,12 +117,11 @@ var soakUpstreams = []soakUpstream{
 
 // start starts the upstream and returns it with the options that make the owned transport
 // trust it: its certificate is added to the owned transport's TLS config, in place.
-func (su soakUpstream) start(t *testing.T) (*upstream, []fx.Option) {
+func (su soakUpstream) start(t *testing.T) (*testutil.Server, []fx.Option) {
 	if !su.tls {
-		return newUpstream(t, okHandler()), nil
+		return testutil.NewServer(t, okHandler()), nil
 	}
-	u := &upstream{Server: httptest.NewUnstartedServer(okHandler())}
-	u.Config.ConnState = u.track
+	u := testutil.NewUnstartedServer(t, okHandler())
 	u.EnableHTTP2 = su.http2
 	// The HTTP/2 upstream allows more concurrent streams than the soak has callers (Go's
 	// server allows 250), so that one connection can carry them all. With fewer, net/http's
@@ -186,7 +185,7 @@ func TestSoak(t *testing.T) {
 			s := g.Stats.Snapshot()
 			replaced := s.ConnsOpened - s.ConnsOpen // connections closed while the load ran
 			t.Logf("%v; %d connections opened, at most %d open at once, %d closed during the run (server accepted %d); reuse ratio %.4f; TIME_WAIT on port %d: %d after the first half, %d after the second",
-				&lc, s.ConnsOpened, maxOpen.Load(), replaced, u.opened.Load(), s.ReuseRatio(), port, tw1, tw2)
+				&lc, s.ConnsOpened, maxOpen.Load(), replaced, u.Opened(), s.ReuseRatio(), port, tw1, tw2)
 			if lc.sent.Load() < int64(plan.requests) {
 				t.Logf("the time cap of %v ended the run after %d of %d requests", plan.timeCap, lc.sent.Load(), plan.requests)
 			}
@@ -213,7 +212,7 @@ func TestSoak(t *testing.T) {
 			}
 
 			app.RequireStop()
-			waitFor(t, "the server sees all client connections closed", func() bool { return u.open() == 0 })
+			testutil.WaitFor(t, "the server sees all client connections closed", func() bool { return u.Open() == 0 })
 			leakedG := settleGoroutines(baseG) - baseG
 			leakedFD := settleFDs(baseFD) - baseFD
 			t.Logf("after stop: %+d goroutines, %+d file descriptors against the baseline", leakedG, leakedFD)
@@ -223,7 +222,7 @@ func TestSoak(t *testing.T) {
 			if baseFD >= 0 && leakedFD > soakSlack {
 				t.Errorf("%d more file descriptors open than before the app, want at most %d", leakedFD, soakSlack)
 			}
-			u.requireNoConns(t)
+			u.RequireNoConns(t)
 		})
 	}
 }
@@ -247,7 +246,7 @@ func TestSoakWithStop(t *testing.T) {
 				runLoad(g.Client, u.URL, plan.goroutines, plan.requests/plan.goroutines, time.Now().Add(plan.timeCap), &lc)
 			}()
 			half := int64(plan.requests / 2)
-			waitFor(t, "half of the requests are admitted", func() bool {
+			testutil.WaitFor(t, "half of the requests are admitted", func() bool {
 				select {
 				case <-done:
 					return true
@@ -263,7 +262,7 @@ func TestSoakWithStop(t *testing.T) {
 			relWithin(t, hangBound, "the senders after stop", func() { <-done })
 
 			s := g.Stats.Snapshot()
-			waitFor(t, "the server sees all client connections closed", func() bool { return u.open() == 0 })
+			testutil.WaitFor(t, "the server sees all client connections closed", func() bool { return u.Open() == 0 })
 			leakedG := settleGoroutines(baseG) - baseG
 			leakedFD := settleFDs(baseFD) - baseFD
 			t.Logf("soak with stop (%s, %d goroutines): sent %d, completed %d, rejected %d, failed %d, cut %d; "+
@@ -290,7 +289,7 @@ func TestSoakWithStop(t *testing.T) {
 			if baseFD >= 0 && leakedFD > soakSlack {
 				t.Errorf("%d more file descriptors open than before the app, want at most %d", leakedFD, soakSlack)
 			}
-			u.requireNoConns(t)
+			u.RequireNoConns(t)
 		})
 	}
 }

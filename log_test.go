@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 	"go.uber.org/zap"
@@ -16,7 +17,7 @@ import (
 // No log line, at any level, carries a header value, URL userinfo or query string.
 func TestLogsCarryNoSecrets(t *testing.T) {
 	secrets := []string{"s3cr3t-bearer", "c00kie-value", "hunter2", "t0ken-in-query", "ua-secret"}
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/redirect" {
 			http.Redirect(w, r, "/final?token=t0ken-in-query", http.StatusFound)
 			return
@@ -51,5 +52,5 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 			}
 		}
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/httpfx/httpfx/internal/testutil"
 )
 
 // nginx is a real nginx on a free loopback port, started by the test with a generated
@@ -82,7 +84,7 @@ http {
 	}
 	n := &nginx{URL: "http://" + addr, dir: dir, addr: addr}
 	t.Cleanup(func() { n.stop(t, cmd) })
-	waitFor(t, "nginx listens", func() bool {
+	testutil.WaitFor(t, "nginx listens", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 )
@@ -95,7 +96,7 @@ func observe(r httpfx.Observer) fx.Option {
 // started and finished with its method, origin, status, protocol and upstream; connections
 // are seen opened, active, idle and closed, and their counts match Stats.
 func TestObserverSeesRequestsAndConnections(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/missing" {
 			http.NotFound(w, r)
 			return
@@ -184,12 +185,12 @@ func TestObserverSeesRequestsAndConnections(t *testing.T) {
 			t.Errorf("conn closed %+v: want reason closed (idle, closed by stop's CloseIdleConnections) and an age", ev)
 		}
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Without an observer, the connection states are unknown.
 func TestSnapshotStatesUnknownWithoutObserver(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	res, err := httpfx.New(httpfx.Params{Config: httpfx.DefaultConfig(), Observers: []httpfx.Observer{nil}})
 	if err != nil {
 		t.Fatal(err)
@@ -201,17 +202,17 @@ func TestSnapshotStatesUnknownWithoutObserver(t *testing.T) {
 	if err := httpfx.Shutdown(context.Background(), res.Client); err != nil {
 		t.Fatal(err)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A request holding a connection, and one waiting for the upstream's only one, show as in
 // use and waiting; New takes observers through Params.
 func TestObserverInUseAndWaiting(t *testing.T) {
-	hold := newGate()
-	defer hold.release()
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	hold := testutil.NewGate()
+	defer hold.Release()
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.(http.Flusher).Flush()
-		hold.wait()
+		hold.Wait()
 	}))
 	rec := new(recorder)
 	cfg := httpfx.DefaultConfig()
@@ -227,14 +228,14 @@ func TestObserverInUseAndWaiting(t *testing.T) {
 			errs <- err
 		}()
 	}
-	waitFor(t, "one request held, one waiting", func() bool {
+	testutil.WaitFor(t, "one request held, one waiting", func() bool {
 		s := res.Stats.Snapshot()
-		return hold.waiting.Load() == 1 && s.ConnsInUse == 1 && s.ConnsIdle == 0 && s.Waiting == 1
+		return hold.Waiting.Load() == 1 && s.ConnsInUse == 1 && s.ConnsIdle == 0 && s.Waiting == 1
 	})
 	if _, _, idle, active, _, _ := rec.counts(); idle != 0 || active != 1 {
 		t.Errorf("events: %d idle, %d active; want 0 and 1", idle, active)
 	}
-	hold.release()
+	hold.Release()
 	for range 2 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
@@ -246,17 +247,17 @@ func TestObserverInUseAndWaiting(t *testing.T) {
 	if err := httpfx.Shutdown(context.Background(), res.Client); err != nil {
 		t.Fatal(err)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Over HTTP/2 a connection carries many requests: it is active while any is in flight.
 func TestObserverHTTP2(t *testing.T) {
-	hold := newGate()
-	defer hold.release()
-	u := newTLSUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	hold := testutil.NewGate()
+	defer hold.Release()
+	u := testutil.NewTLSServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hold" {
 			w.(http.Flusher).Flush()
-			hold.wait()
+			hold.Wait()
 		}
 		io.WriteString(w, "ok")
 	}), true)
@@ -275,11 +276,11 @@ func TestObserverHTTP2(t *testing.T) {
 			errs <- err
 		}()
 	}
-	waitFor(t, "three streams held", func() bool { return hold.waiting.Load() == 3 })
+	testutil.WaitFor(t, "three streams held", func() bool { return hold.Waiting.Load() == 3 })
 	if s := res.Stats.Snapshot(); s.ConnsOpen != 1 || s.ConnsInUse != 1 || s.ConnsIdle != 0 {
 		t.Errorf("three streams on one connection: %+v, want it open and in use", s)
 	}
-	hold.release()
+	hold.Release()
 	for range 3 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
@@ -299,12 +300,12 @@ func TestObserverHTTP2(t *testing.T) {
 	if _, _, idle, active, opened, closed := rec.counts(); idle != 0 || active != 0 || opened != 1 || closed != 1 {
 		t.Errorf("events: %d idle, %d active, %d opened, %d closed; want one opened and closed", idle, active, opened, closed)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Each way a request fails has its class.
 func TestObserverErrorClasses(t *testing.T) {
-	stalls := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	stalls := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "partial")
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
@@ -365,17 +366,17 @@ func TestObserverErrorClasses(t *testing.T) {
 			}
 		})
 	}
-	stalls.requireNoConns(t)
+	stalls.RequireNoConns(t)
 }
 
 // A request cut at stop is finished with class closed before stop returns, and its
 // connection closes with reason stop.
 func TestObserverCutAtStop(t *testing.T) {
-	hang := newGate()
-	defer hang.release()
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	hang := testutil.NewGate()
+	defer hang.Release()
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.(http.Flusher).Flush()
-		hang.wait()
+		hang.Wait()
 	}))
 	rec := new(recorder)
 	cfg := httpfx.DefaultConfig()
@@ -408,15 +409,15 @@ func TestObserverCutAtStop(t *testing.T) {
 	if len(reasons) != 1 || (!strings.HasPrefix(reasons[0], "closed ") && !strings.HasPrefix(reasons[0], "stop ")) {
 		t.Errorf("connection closes: %v, want one, by net/http or stop", reasons)
 	}
-	hang.release()
-	u.requireNoConns(t)
+	hang.Release()
+	u.RequireNoConns(t)
 }
 
 // A connection still open when stop closes the set closes with reason stop.
 func TestObserverStopReason(t *testing.T) {
-	hang := newGate()
-	defer hang.release()
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hang.wait() }))
+	hang := testutil.NewGate()
+	defer hang.Release()
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hang.Wait() }))
 	rec := new(recorder)
 	cfg := httpfx.DefaultConfig()
 	cfg.DrainTimeout, cfg.ResponseHeaderTimeout, cfg.Timeout = 100*time.Millisecond, 0, 0
@@ -429,7 +430,7 @@ func TestObserverStopReason(t *testing.T) {
 		_, err := get(res.Client, u.URL) // waits for headers: only closing its connection ends it
 		errs <- err
 	}()
-	waitFor(t, "the request reaches the handler", func() bool { return hang.waiting.Load() == 1 })
+	testutil.WaitFor(t, "the request reaches the handler", func() bool { return hang.Waiting.Load() == 1 })
 	if err := httpfx.Shutdown(context.Background(), res.Client); err == nil {
 		t.Fatal("stop: no error, want 1 cut")
 	}
@@ -449,13 +450,13 @@ func TestObserverStopReason(t *testing.T) {
 	if len(closes) != 1 || closes[0].Reason != "stop" || !closes[0].WasActive {
 		t.Errorf("connection closes %+v, want one by stop while active", closes)
 	}
-	hang.release()
-	u.requireNoConns(t)
+	hang.Release()
+	u.RequireNoConns(t)
 }
 
 // Several observers all see every event.
 func TestObserversGroup(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	a, b := new(recorder), new(recorder)
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), observe(a), observe(b))
@@ -467,7 +468,7 @@ func TestObserversGroup(t *testing.T) {
 			t.Errorf("observer %d saw %d started, %d finished, %d opened, %d closed; want 1 each", i, s, f, o, c)
 		}
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 func TestConnEventKindString(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 	"go.uber.org/zap"
@@ -23,13 +24,13 @@ import (
 func TestPrewarm(t *testing.T) {
 	tests := []struct {
 		name      string
-		start     func(testing.TB, http.Handler) *upstream
+		start     func(testing.TB, http.Handler) *testutil.Server
 		give      int
 		wantConns int64 // opened at start, and kept
 	}{
-		{"HTTP/1.1", newUpstream, 4, 4},
-		{"TLS, HTTP/1.1", func(tb testing.TB, h http.Handler) *upstream { return newTLSUpstream(tb, h, false) }, 3, 3},
-		{"TLS, HTTP/2", func(tb testing.TB, h http.Handler) *upstream { return newTLSUpstream(tb, h, true) }, 3, 1},
+		{"HTTP/1.1", testutil.NewServer, 4, 4},
+		{"TLS, HTTP/1.1", func(tb testing.TB, h http.Handler) *testutil.Server { return testutil.NewTLSServer(tb, h, false) }, 3, 3},
+		{"TLS, HTTP/2", func(tb testing.TB, h http.Handler) *testutil.Server { return testutil.NewTLSServer(tb, h, true) }, 3, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,15 +57,15 @@ func TestPrewarm(t *testing.T) {
 			}
 			app := fxtest.New(t, opts...)
 			app.RequireStart()
-			waitFor(t, "the server sees the pre-warmed connections", func() bool { return u.opened.Load() == int64(tt.give) })
-			waitFor(t, "net/http keeps what it needs", func() bool { return u.open() == tt.wantConns })
+			testutil.WaitFor(t, "the server sees the pre-warmed connections", func() bool { return u.Opened() == int64(tt.give) })
+			testutil.WaitFor(t, "net/http keeps what it needs", func() bool { return u.Open() == tt.wantConns })
 			// net/http pools a dialled connection a moment after its handshake, on its own
 			// goroutine: give it that moment before the burst.
 			time.Sleep(50 * time.Millisecond)
 			if s := g.Stats.Snapshot(); s.ConnsOpen != tt.wantConns || served.Load() != 0 || s.Requests != 0 {
 				t.Fatalf("after start: %d open, %d requests served; want %d open and none served", s.ConnsOpen, served.Load(), tt.wantConns)
 			}
-			opened := u.opened.Load()
+			opened := u.Opened()
 			if s := g.Stats.Snapshot(); s.ConnsOpen != tt.wantConns {
 				t.Fatalf("%d open, want %d", s.ConnsOpen, tt.wantConns)
 			}
@@ -77,11 +78,11 @@ func TestPrewarm(t *testing.T) {
 				}()
 			}
 			wg.Wait()
-			if now := u.opened.Load(); now != opened {
+			if now := u.Opened(); now != opened {
 				t.Errorf("the first burst of %d opened %d connections, want none", tt.wantConns, now-opened)
 			}
 			app.RequireStop()
-			u.requireNoConns(t)
+			u.RequireNoConns(t)
 		})
 	}
 	t.Run("upstream down", func(t *testing.T) {
@@ -138,7 +139,7 @@ func TestPrewarmLeavesStartTime(t *testing.T) {
 func TestPrewarmSendsNothingOverAPooledConnection(t *testing.T) {
 	var mu sync.Mutex
 	var seen []string
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		seen = append(seen, r.Method+" "+r.URL.Path)
 		mu.Unlock()
@@ -160,5 +161,5 @@ func TestPrewarmSendsNothingOverAPooledConnection(t *testing.T) {
 	if logs.FilterMessageSnippet("pre-warm skipped").Len() != 1 {
 		t.Errorf("logs %v, want one saying the pre-warm was skipped", logs.All())
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }

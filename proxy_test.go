@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 	"go.uber.org/zap"
@@ -17,7 +18,7 @@ import (
 
 // forwardProxy is a loopback HTTP forward proxy that counts the requests it relays.
 type forwardProxy struct {
-	*upstream
+	*testutil.Server
 	relayed   atomic.Int64
 	lastAuth  atomic.Value // the last Proxy-Authorization header
 	transport *http.Transport
@@ -25,7 +26,7 @@ type forwardProxy struct {
 
 func newForwardProxy(t testing.TB) *forwardProxy {
 	p := &forwardProxy{transport: &http.Transport{}}
-	p.upstream = newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	p.Server = testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !r.URL.IsAbs() {
 			http.Error(w, "not a proxy request", http.StatusBadRequest)
 			return
@@ -47,7 +48,7 @@ func newForwardProxy(t testing.TB) *forwardProxy {
 }
 
 func TestExplicitProxy(t *testing.T) {
-	u := newUpstream(t, okHandler())
+	u := testutil.NewServer(t, okHandler())
 	proxy := newForwardProxy(t)
 	proxyURL := strings.Replace(proxy.URL, "http://", "http://svc:pr0xy-pass@", 1)
 	tests := []struct {
@@ -86,7 +87,7 @@ func TestExplicitProxy(t *testing.T) {
 		})
 	}
 	proxy.transport.CloseIdleConnections()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 func TestBadProxyConfig(t *testing.T) {

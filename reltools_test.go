@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 	"go.uber.org/goleak"
@@ -112,7 +113,7 @@ func (s *rawServer) Close() {
 // the server is closed. The handlers must end when the client closes its side.
 func (s *rawServer) requireClientGone(t testing.TB) {
 	t.Helper()
-	waitFor(t, "the raw server sees all client connections closed", func() bool { return s.live.Load() == 0 })
+	testutil.WaitFor(t, "the raw server sees all client connections closed", func() bool { return s.live.Load() == 0 })
 	requireNoClientGoroutines(t)
 }
 

@@ -13,7 +13,6 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 	"go.uber.org/zap"
@@ -113,13 +113,12 @@ func (p *pki) issue(name string, hosts ...string) (cert tls.Certificate, certFil
 
 // newMTLSUpstream starts a TLS server offering HTTP/2 with a certificate of p for hosts,
 // requiring a client certificate of p if mutual is set. It answers with the protocol used.
-func newMTLSUpstream(t testing.TB, p *pki, mutual bool, hosts ...string) *upstream {
+func newMTLSUpstream(t testing.TB, p *pki, mutual bool, hosts ...string) *testutil.Server {
 	t.Helper()
 	cert, _, _ := p.issue("server", hosts...)
-	u := &upstream{Server: httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewUnstartedServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.Proto)
-	}))}
-	u.Config.ConnState = u.track
+	}))
 	u.Config.ErrorLog = nopLog() // handshake failures are the point of some tests
 	u.EnableHTTP2 = true
 	u.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
@@ -164,7 +163,7 @@ func TestMutualTLSOverHTTP2(t *testing.T) {
 			app.RequireStop()
 		})
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 func TestTLSSettings(t *testing.T) {
@@ -206,9 +205,9 @@ func TestTLSSettings(t *testing.T) {
 			app.RequireStop()
 		})
 	}
-	named.requireNoConns(t)
-	tls12.requireNoConns(t)
-	tls11.requireNoConns(t)
+	named.RequireNoConns(t)
+	tls12.RequireNoConns(t)
+	tls11.RequireNoConns(t)
 }
 
 func TestBadTLSConfigFailsFxNew(t *testing.T) {
@@ -262,7 +261,7 @@ func TestInsecureSkipVerifyWarnsAtEveryStart(t *testing.T) {
 	if n := logs.FilterMessageSnippet("certificate verification is OFF").Len(); n != 2 {
 		t.Errorf("%d warnings for 2 starts, want 2", n)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 func nopLog() *log.Logger { return log.New(io.Discard, "", 0) }
@@ -274,12 +273,11 @@ func TestClientCertificateHintIsPerHost(t *testing.T) {
 	asker := newMTLSUpstream(t, p, false, "127.0.0.1")
 	asker.TLS.ClientAuth = tls.RequestClientCert // asks, does not require
 	cert, _, _ := p.issue("cutter", "127.0.0.1")
-	cutter := &upstream{Server: httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	cutter := testutil.NewUnstartedServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
 			conn.Close() // cut, without asking for anything
 		}
-	}))}
-	cutter.Config.ConnState = cutter.track
+	}))
 	cutter.Config.ErrorLog = nopLog()
 	cutter.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	cutter.StartTLS()
@@ -295,6 +293,6 @@ func TestClientCertificateHintIsPerHost(t *testing.T) {
 		t.Errorf("a host that never asked cut the connection: %v, want an error without the mutual-TLS hint", err)
 	}
 	app.RequireStop()
-	asker.requireNoConns(t)
-	cutter.requireNoConns(t)
+	asker.RequireNoConns(t)
+	cutter.RequireNoConns(t)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
 	"go.uber.org/zap"
@@ -37,8 +38,8 @@ type upstreams struct {
 }
 
 func TestUpstreamsSharePoolResolveAndScopeHeaders(t *testing.T) {
-	u := newUpstream(t, echoHandler())
-	other := newUpstream(t, echoHandler())
+	u := testutil.NewServer(t, echoHandler())
+	other := testutil.NewServer(t, echoHandler())
 	var got upstreams
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module,
 		httpfx.Upstream("payments", httpfx.UpstreamConfig{
@@ -85,25 +86,25 @@ func TestUpstreamsSharePoolResolveAndScopeHeaders(t *testing.T) {
 	})
 
 	s := got.Stats.Snapshot()
-	if s.ConnsOpened != 2 || u.opened.Load() != 1 {
+	if s.ConnsOpened != 2 || u.Opened() != 1 {
 		t.Errorf("connections opened = %d (server u accepted %d), want 2: one to u shared by every client, one to the other host",
-			s.ConnsOpened, u.opened.Load())
+			s.ConnsOpened, u.Opened())
 	}
 	if p, q := s.Upstreams["payments"], s.Upstreams["search"]; p.Requests != 5 || q.Requests != 1 || s.Requests != 7 {
 		t.Errorf("requests: payments %d, search %d, total %d; want 5, 1, 7", p.Requests, q.Requests, s.Requests)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
-	other.requireNoConns(t)
+	u.RequireNoConns(t)
+	other.RequireNoConns(t)
 }
 
 // The default headers never follow a redirect to another host; they do follow one to the
 // upstream itself. Caller-set credentials do not follow a redirect to another host, nor to
 // another port of the same host (net/http alone would forward them there).
 func TestUpstreamHeadersDoNotFollowRedirectsElsewhere(t *testing.T) {
-	other := newUpstream(t, echoHandler())
+	other := testutil.NewServer(t, echoHandler())
 	otherHost := strings.Replace(other.URL, "127.0.0.1", "localhost", 1)
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/away":
 			http.Redirect(w, r, otherHost+"/landed", http.StatusFound)
@@ -145,19 +146,19 @@ func TestUpstreamHeadersDoNotFollowRedirectsElsewhere(t *testing.T) {
 		}
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
-	other.requireNoConns(t)
+	u.RequireNoConns(t)
+	other.RequireNoConns(t)
 }
 
 func TestUpstreamTimeoutAndConnectionLimit(t *testing.T) {
-	release := newGate()
-	defer release.release()
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	release := testutil.NewGate()
+	defer release.Release()
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/slow":
 			time.Sleep(400 * time.Millisecond)
 		case "/hang":
-			release.wait()
+			release.Wait()
 		}
 		io.WriteString(w, "ok")
 	}))
@@ -194,25 +195,25 @@ func TestUpstreamTimeoutAndConnectionLimit(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, "2 requests reach the server", func() bool { return release.waiting.Load() == 2 })
+	testutil.WaitFor(t, "2 requests reach the server", func() bool { return release.Waiting.Load() == 2 })
 	time.Sleep(50 * time.Millisecond) // give a third request the chance to break the limit
-	if n := release.waiting.Load(); n != 2 {
+	if n := release.Waiting.Load(); n != 2 {
 		t.Errorf("%d requests reached the server at once, want MaxConnsPerHost 2", n)
 	}
-	release.release()
+	release.Release()
 	wg.Wait()
 	if s := got.Stats.Snapshot().Upstreams["limited"]; s.Requests != 5 || s.InFlight != 0 {
 		t.Errorf("limited upstream stats = %+v, want 5 requests, none in flight", s)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Stop drains the requests of every upstream client, and then refuses theirs with ErrClosed.
 func TestStopDrainsEveryUpstream(t *testing.T) {
-	release := newGate()
-	defer release.release()
-	u := newUpstream(t, streamHandler(release, 3))
+	release := testutil.NewGate()
+	defer release.Release()
+	u := testutil.NewServer(t, streamHandler(release, 3))
 	var got upstreams
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Populate(&got),
 		httpfx.Upstream("payments", httpfx.UpstreamConfig{BaseURL: u.URL}),
@@ -229,11 +230,11 @@ func TestStopDrainsEveryUpstream(t *testing.T) {
 			bodies <- b
 		}()
 	}
-	waitFor(t, "both streams started", func() bool { return release.waiting.Load() == 2 })
+	testutil.WaitFor(t, "both streams started", func() bool { return release.Waiting.Load() == 2 })
 	stopped := make(chan error, 1)
 	go func() { stopped <- app.Stop(context.Background()) }()
-	waitFor(t, "the gate closes", func() bool { return gateClosed(got.Search, "/probe") })
-	release.release()
+	testutil.WaitFor(t, "the gate closes", func() bool { return gateClosed(got.Search, "/probe") })
+	release.Release()
 	for range 2 {
 		if b := <-bodies; b != wantStream(3) {
 			t.Errorf("upstream body %q, want the whole stream", b)
@@ -248,12 +249,12 @@ func TestStopDrainsEveryUpstream(t *testing.T) {
 	if err := httpfx.Shutdown(context.Background(), got.Payments); err != nil {
 		t.Errorf("Shutdown through an upstream client: %v, want the module's nil result", err)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Upstreams load from YAML and the environment, as the rest of Config does.
 func TestUpstreamFromConfig(t *testing.T) {
-	u := newUpstream(t, echoHandler())
+	u := testutil.NewServer(t, echoHandler())
 	cfg, err := httpfx.LoadYAML([]byte("upstreams:\n  payments:\n    base_url: " + u.URL + "/api/\n    headers:\n      Authorization: Bearer from-file\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -273,7 +274,7 @@ func TestUpstreamFromConfig(t *testing.T) {
 		t.Errorf("got %q: want the file's base URL and header and the environment's version", body)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 func TestBadUpstreamFailsFxNew(t *testing.T) {
@@ -344,7 +345,7 @@ func TestUnusedUpstreamIsReported(t *testing.T) {
 // Every hop of an upstream client's redirect chain resolves against the previous hop's
 // absolute URL, so that a relative Location stays under the base path and keeps the headers.
 func TestUpstreamRelativeRedirectStaysUnderBase(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		loc := map[string]string{
 			"/base/v1/x":     "y",
 			"/base/v1/q":     "?page=2",
@@ -385,13 +386,13 @@ func TestUpstreamRelativeRedirectStaysUnderBase(t *testing.T) {
 		}
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A scheme-relative URL takes the base's scheme, and the headers if it names the base's host.
 func TestUpstreamSchemeRelativeURL(t *testing.T) {
-	u := newUpstream(t, echoHandler())
-	other := newUpstream(t, echoHandler())
+	u := testutil.NewServer(t, echoHandler())
+	other := testutil.NewServer(t, echoHandler())
 	var got upstreams
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module,
 		httpfx.Upstream("payments", httpfx.UpstreamConfig{
@@ -415,16 +416,16 @@ func TestUpstreamSchemeRelativeURL(t *testing.T) {
 		}
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
-	other.requireNoConns(t)
+	u.RequireNoConns(t)
+	other.RequireNoConns(t)
 }
 
 // Requests waiting for an upstream's MaxConnsPerHost slot are in flight in the upstream's
 // counters as in the totals, and counted as waiting.
 func TestUpstreamInFlightCountsWaiting(t *testing.T) {
-	hold := newGate()
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hold.wait()
+	hold := testutil.NewGate()
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hold.Wait()
 		io.WriteString(w, "ok")
 	}))
 	var got upstreams
@@ -442,20 +443,20 @@ func TestUpstreamInFlightCountsWaiting(t *testing.T) {
 			mustGet(t, got.Payments, "/")
 		}()
 	}
-	waitFor(t, "one request at the server, one waiting for the slot", func() bool {
-		return hold.waiting.Load() == 1 && got.Stats.Snapshot().Upstreams["payments"].Waiting == 1
+	testutil.WaitFor(t, "one request at the server, one waiting for the slot", func() bool {
+		return hold.Waiting.Load() == 1 && got.Stats.Snapshot().Upstreams["payments"].Waiting == 1
 	})
 	s := got.Stats.Snapshot()
 	if p := s.Upstreams["payments"]; p.InFlight != 2 || s.InFlight != 2 {
 		t.Errorf("in flight: upstream %d (waiting %d), total %d; want 2, 1, 2", p.InFlight, p.Waiting, s.InFlight)
 	}
-	hold.release()
+	hold.Release()
 	wg.Wait()
 	if p := got.Stats.Snapshot().Upstreams["payments"]; p.InFlight != 0 || p.Waiting != 0 || p.Requests != 2 {
 		t.Errorf("after: %+v, want 2 requests, none in flight or waiting", p)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // A declared upstream is validated when the graph is built, whether or not a component takes
@@ -503,7 +504,7 @@ func TestUpstreamValidatedWithoutConsumer(t *testing.T) {
 		})
 	}
 	t.Run("the file's value wins", func(t *testing.T) {
-		u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, strings.Join(r.Header.Values("X-Key"), ","))
 		}))
 		for range 5 {
@@ -520,7 +521,7 @@ func TestUpstreamValidatedWithoutConsumer(t *testing.T) {
 			}
 			app.RequireStop()
 		}
-		u.requireNoConns(t)
+		u.RequireNoConns(t)
 	})
 }
 
@@ -532,9 +533,9 @@ func TestCredentialHeadersDoNotFollowRedirectsElsewhere(t *testing.T) {
 			fmt.Fprintf(w, "%s=%s;", h, r.Header.Get(h))
 		}
 	})
-	other := newUpstream(t, dump)
+	other := testutil.NewServer(t, dump)
 	otherHost := strings.Replace(other.URL, "127.0.0.1", "localhost", 1)
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/away":
 			http.Redirect(w, r, otherHost+"/landed", http.StatusFound)
@@ -565,16 +566,16 @@ func TestCredentialHeadersDoNotFollowRedirectsElsewhere(t *testing.T) {
 		}
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
-	other.requireNoConns(t)
+	u.RequireNoConns(t)
+	other.RequireNoConns(t)
 }
 
 // An upstream's "Host" header sets the Host its requests carry (net/http ignores
 // Header["Host"]), unless the caller set another, and never on a request to another host.
 func TestUpstreamHostHeader(t *testing.T) {
 	host := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Host) })
-	other := newUpstream(t, host)
-	u := newUpstream(t, host)
+	other := testutil.NewServer(t, host)
+	u := testutil.NewServer(t, host)
 	var g struct {
 		fx.In
 		Up *http.Client `name:"vhost"`
@@ -599,8 +600,8 @@ func TestUpstreamHostHeader(t *testing.T) {
 		}
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
-	other.requireNoConns(t)
+	u.RequireNoConns(t)
+	other.RequireNoConns(t)
 }
 
 func mustRequest(t *testing.T, url string) *http.Request {

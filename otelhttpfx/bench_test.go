@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"github.com/httpfx/httpfx/otelhttpfx"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -45,7 +46,7 @@ func BenchmarkModule(b *testing.B) {
 		}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
-			u := newUpstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+			u := testutil.NewServer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 			var c *http.Client
 			app := fx.New(fx.NopLogger, httpfx.Module, v.opts(b), fx.Populate(&c))
 			if err := app.Start(context.Background()); err != nil {

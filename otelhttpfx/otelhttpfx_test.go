@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"github.com/httpfx/httpfx/otelhttpfx"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/codes"
@@ -85,14 +86,14 @@ func get(c *http.Client, url string) (int, error) {
 // semantic-convention metrics with their attributes, counts and buckets, httpfx's counters
 // equal Stats, and every request has a span, failed ones with an error status.
 func TestMetricsAndSpansAfterKnownLoad(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/fail") {
 			http.Error(w, "no", http.StatusInternalServerError)
 			return
 		}
 		io.WriteString(w, "ok")
 	}))
-	refused := closedPort(t)
+	refused := testutil.ClosedURL(t)
 	tel := newTelemetry(t)
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, tel.options(),
@@ -229,7 +230,7 @@ func TestMetricsAndSpansAfterKnownLoad(t *testing.T) {
 			t.Errorf("open_connections{%s} = %d after stop, want 0", attrs(dp.Attributes), dp.Value)
 		}
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // sumInt adds up the points of an int64 sum.
@@ -246,12 +247,12 @@ func sumInt(m map[string]metricdata.Metrics, name string) int64 {
 // the owned transport (otelhttp's has no CloseIdleConnections) and, past the bound, cuts.
 func TestStopWithTracing(t *testing.T) {
 	t.Run("drain", func(t *testing.T) {
-		release := newGate()
-		defer release.release()
-		u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		release := testutil.NewGate()
+		defer release.Release()
+		u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, "first ")
 			w.(http.Flusher).Flush()
-			release.wait()
+			release.Wait()
 			io.WriteString(w, "last")
 		}))
 		tel := newTelemetry(t)
@@ -268,8 +269,8 @@ func TestStopWithTracing(t *testing.T) {
 		}
 		stopped := make(chan error, 1)
 		go func() { stopped <- app.Stop(context.Background()) }()
-		refused := closedPort(t)
-		waitFor(t, "stop closes the gate", func() bool {
+		refused := testutil.ClosedURL(t)
+		testutil.WaitFor(t, "stop closes the gate", func() bool {
 			_, err := get(g.Search, refused) // fails at once either way, with ErrClosed once stopped
 			return errors.Is(err, httpfx.ErrClosed)
 		})
@@ -278,7 +279,7 @@ func TestStopWithTracing(t *testing.T) {
 			t.Fatalf("stop returned (%v) with a body in flight", err)
 		case <-time.After(50 * time.Millisecond):
 		}
-		release.release()
+		release.Release()
 		b, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err != nil || string(b) != "first last" {
@@ -299,14 +300,14 @@ func TestStopWithTracing(t *testing.T) {
 		if drained != 1 {
 			t.Errorf("%d spans of the drained request ended, want 1 (refused requests have none)", drained)
 		}
-		u.requireNoConns(t)
+		u.RequireNoConns(t)
 	})
 	t.Run("cut", func(t *testing.T) {
-		hang := newGate()
-		defer hang.release()
-		u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hang := testutil.NewGate()
+		defer hang.Release()
+		u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.(http.Flusher).Flush()
-			hang.wait()
+			hang.Wait()
 		}))
 		tel := newTelemetry(t)
 		var g graph
@@ -339,8 +340,8 @@ func TestStopWithTracing(t *testing.T) {
 		if n := len(tel.spans.Ended()); n != 1 {
 			t.Errorf("%d spans ended, want the cut request's", n)
 		}
-		hang.release()
-		u.requireNoConns(t)
+		hang.Release()
+		u.RequireNoConns(t)
 	})
 }
 
@@ -348,7 +349,7 @@ func TestStopWithTracing(t *testing.T) {
 // otelhttp's wrapper, which has no such method; a consumer's CloseIdleConnections on the
 // shared client is ignored and counted.
 func TestCloseIdleThroughTracing(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	tel := newTelemetry(t)
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, tel.options(), httpfx.Module, otelhttpfx.Module, otelhttpfx.Tracing,
@@ -361,20 +362,20 @@ func TestCloseIdleThroughTracing(t *testing.T) {
 		t.Fatalf("%T has CloseIdleConnections: the test proves nothing", g.RT)
 	}
 	g.Client.CloseIdleConnections()
-	if s := g.Stats.Snapshot(); s.CloseIdleIgnored != 1 || u.open() != 1 {
-		t.Errorf("a consumer's CloseIdleConnections: ignored %d, server sees %d open; want 1 and 1", s.CloseIdleIgnored, u.open())
+	if s := g.Stats.Snapshot(); s.CloseIdleIgnored != 1 || u.Open() != 1 {
+		t.Errorf("a consumer's CloseIdleConnections: ignored %d, server sees %d open; want 1 and 1", s.CloseIdleIgnored, u.Open())
 	}
 	if err := httpfx.CloseIdleConnections(g.Client); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the idle connection closes", func() bool { return u.open() == 0 })
+	testutil.WaitFor(t, "the idle connection closes", func() bool { return u.Open() == 0 })
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Without providers in the graph, the module and Tracing use the global ones.
 func TestGlobalProviders(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, otelhttpfx.Module, otelhttpfx.Tracing,
 		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL}), populate(&g))
@@ -383,12 +384,12 @@ func TestGlobalProviders(t *testing.T) {
 		t.Fatal(err)
 	}
 	app.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Without fx: NewObserver goes in Params.Observers, ObserveStats reads the Stats New returns.
 func TestWithoutFx(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	tel := newTelemetry(t)
 	obs, err := otelhttpfx.NewObserver(tel.mp)
 	if err != nil {
@@ -419,5 +420,5 @@ func TestWithoutFx(t *testing.T) {
 	if err := httpfx.Shutdown(context.Background(), res.Client); err != nil {
 		t.Fatal(err)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"github.com/httpfx/httpfx/promhttpfx"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/fx"
@@ -25,7 +26,7 @@ func BenchmarkModule(b *testing.B) {
 		{"prometheus", fx.Options(promhttpfx.Module, withRegistry(prometheus.NewRegistry()))},
 	} {
 		b.Run(v.name, func(b *testing.B) {
-			u := newUpstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+			u := testutil.NewServer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 			var c *http.Client
 			app := fx.New(fx.NopLogger, httpfx.Module, v.opts, fx.Populate(&c))
 			if err := app.Start(context.Background()); err != nil {

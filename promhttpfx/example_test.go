@@ -10,7 +10,7 @@ import (
 	"github.com/httpfx/httpfx"
 	"github.com/httpfx/httpfx/promhttpfx"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/fx"
 )
 
@@ -41,7 +41,7 @@ func Example() {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	n, _ := testutil.GatherAndCount(reg, "httpfx_requests_total", "httpfx_request_duration_seconds")
+	n, _ := promtest.GatherAndCount(reg, "httpfx_requests_total", "httpfx_request_duration_seconds")
 	fmt.Println(n, "series")
 	// Output:
 	// 2 series

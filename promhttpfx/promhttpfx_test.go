@@ -10,9 +10,10 @@ import (
 	"time"
 
 	"github.com/httpfx/httpfx"
+	"github.com/httpfx/httpfx/internal/testutil"
 	"github.com/httpfx/httpfx/promhttpfx"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
@@ -94,14 +95,14 @@ func value(mfs map[string]*dto.MetricFamily, name string, labels ...string) (flo
 // After a known load through the shared and an upstream client, the registry gathers values
 // equal to Stats and the request durations by label, and the linter finds nothing.
 func TestRegistryEqualsStats(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/missing") {
 			http.NotFound(w, r)
 			return
 		}
 		io.WriteString(w, "ok")
 	}))
-	refused := closedPort(t)
+	refused := testutil.ClosedURL(t)
 	reg := prometheus.NewRegistry()
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, withRegistry(reg), httpfx.Module, promhttpfx.Module,
@@ -162,7 +163,7 @@ func TestRegistryEqualsStats(t *testing.T) {
 	if s.Requests != shared+search+missing+1 || s.Failed != 1 || s.ConnsIdle != s.ConnsOpen {
 		t.Errorf("Stats %+v: the load is not what the test meant", s)
 	}
-	problems, err := testutil.GatherAndLint(reg)
+	problems, err := promtest.GatherAndLint(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,14 +175,14 @@ func TestRegistryEqualsStats(t *testing.T) {
 	if n := len(gather(t, reg)); n != 0 {
 		t.Errorf("%d metric families left after stop, want the collector unregistered", n)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Without a Registerer in the graph, the Module registers on prometheus.DefaultRegisterer
 // and unregisters at stop, so that the app can be built again; a second registration on one
 // registry fails fx.New.
 func TestRegisterers(t *testing.T) {
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	for i := range 2 {
 		var c *http.Client
 		app := fxtest.New(t, fx.NopLogger, httpfx.Module, promhttpfx.Module, fx.Populate(&c))
@@ -206,18 +207,18 @@ func TestRegisterers(t *testing.T) {
 		t.Errorf("second registration: %v, want a promhttpfx: register error", err)
 	}
 	first.RequireStop()
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // With the module in the graph, stop still drains a body in flight, scrapes see it until
 // httpfx has stopped, and requests after stop fail with ErrClosed.
 func TestDrainWithModule(t *testing.T) {
-	release := newGate()
-	defer release.release()
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	release := testutil.NewGate()
+	defer release.Release()
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "first ")
 		w.(http.Flusher).Flush()
-		release.wait()
+		release.Wait()
 		io.WriteString(w, "last")
 	}))
 	reg := prometheus.NewRegistry()
@@ -231,15 +232,15 @@ func TestDrainWithModule(t *testing.T) {
 	}
 	stopped := make(chan error, 1)
 	go func() { stopped <- app.Stop(context.Background()) }()
-	refused := closedPort(t)
-	waitFor(t, "stop closes the gate", func() bool {
+	refused := testutil.ClosedURL(t)
+	testutil.WaitFor(t, "stop closes the gate", func() bool {
 		_, err := get(g.Search, refused)
 		return errors.Is(err, httpfx.ErrClosed)
 	})
 	if v, _ := value(gather(t, reg), "httpfx_requests_in_flight"); v != 1 {
 		t.Errorf("in flight during the drain = %v, want 1", v)
 	}
-	release.release()
+	release.Release()
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil || string(b) != "first last" {
@@ -251,17 +252,17 @@ func TestDrainWithModule(t *testing.T) {
 	if s := g.Stats.Snapshot(); s.InFlight != 0 || s.ConnsOpen != 0 || s.Rejected == 0 {
 		t.Errorf("after stop %+v, want nothing in flight or open, and the probes rejected", s)
 	}
-	u.requireNoConns(t)
+	u.RequireNoConns(t)
 }
 
 // Without fx: the Observer goes to httpfx.New, the Collector reads the Stats it returns; a
 // request cut at stop shows in the cut counter and the histogram.
 func TestWithoutFx(t *testing.T) {
-	hang := newGate()
-	defer hang.release()
-	u := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	hang := testutil.NewGate()
+	defer hang.Release()
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.(http.Flusher).Flush()
-		hang.wait()
+		hang.Wait()
 	}))
 	obs := promhttpfx.NewObserver()
 	cfg := httpfx.DefaultConfig()
@@ -294,6 +295,6 @@ func TestWithoutFx(t *testing.T) {
 	if closed != 1 {
 		t.Errorf("httpfx_connections_closed_total = %v, want 1", closed)
 	}
-	hang.release()
-	u.requireNoConns(t)
+	hang.Release()
+	u.RequireNoConns(t)
 }
