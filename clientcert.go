@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -14,9 +13,10 @@ import (
 
 // certHint explains mutual-TLS failures that net/http cannot: a TLS 1.3 server that rejects
 // the client's missing certificate closes the connection right after the handshake, and the
-// client sees only EOF, a reset or a TLS alert. When no client certificate is configured, the
-// hint notes which hosts asked for one, and an HTTPS error of such a host that looks like a
-// cut says so.
+// client sees only EOF, a reset, a TLS alert or, over HTTP/2, a connection that "could not be
+// established". When no client certificate is configured, the hint notes which hosts asked for
+// one, and a failure of a request to such a host, before it ever answered, says so (but a
+// timeout, a cancellation or stop, which have reasons of their own).
 //
 // crypto/tls does not tell GetClientCertificate which host asks, but the handshake's context
 // keeps the values of the request that dialled. Requests to an HTTPS host that has not yet
@@ -78,8 +78,7 @@ func (h *certHint) mark(req *http.Request) *http.Request {
 }
 
 // check returns err, req's error (nil if it got a response), with the hint added if req's
-// host asked for a certificate and err looks like the connection was cut. A host that
-// answered is remembered.
+// host asked for a certificate. A host that answered is remembered.
 func (h *certHint) check(req *http.Request, err error) error {
 	if req.URL.Scheme != "https" || req.Context().Value(certHostKey{}) == nil {
 		return err
@@ -88,9 +87,8 @@ func (h *certHint) check(req *http.Request, err error) error {
 		h.answer(req.URL.Host)
 		return nil
 	}
-	var op *net.OpError
-	if !looksCut(err) && !(errors.As(err, &op) && op.Op == "remote error") { // a TLS alert: crypto/tls's Op
-		return err
+	if errors.Is(err, context.Canceled) || errors.Is(err, ErrClosed) || isTimeout(err) {
+		return err // its own reason
 	}
 	h.mu.Lock()
 	_, asked := h.asked[req.URL.Host]

@@ -14,6 +14,7 @@ import (
 )
 
 func TestDefaultConfig(t *testing.T) {
+	t.Parallel()
 	c := httpfx.DefaultConfig()
 	if err := c.Validate(); err != nil {
 		t.Fatalf("DefaultConfig is invalid: %v", err)
@@ -39,6 +40,7 @@ func TestDefaultConfig(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
+	t.Parallel()
 	edit := func(f func(*httpfx.Config)) httpfx.Config { c := httpfx.DefaultConfig(); f(&c); return c }
 	tests := []struct {
 		name string
@@ -88,6 +90,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestLoadYAML(t *testing.T) {
+	t.Parallel()
 	def := httpfx.DefaultConfig()
 	with := func(f func(*httpfx.Config)) httpfx.Config { c := httpfx.DefaultConfig(); f(&c); return c }
 	tests := []struct {
@@ -142,6 +145,7 @@ func TestLoadYAML(t *testing.T) {
 }
 
 func TestLoadYAMLFile(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "httpfx.yaml")
 	if err := os.WriteFile(path, []byte("dial_timeout: 2s\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -168,6 +172,7 @@ func unwrapAll(err error) error {
 
 // A Config embedded in an application's own YAML keeps the defaults it does not mention.
 func TestConfigEmbeddedInAppYAML(t *testing.T) {
+	t.Parallel()
 	var app struct {
 		Name string        `yaml:"name"`
 		HTTP httpfx.Config `yaml:"http"`
@@ -189,6 +194,7 @@ func TestConfigEmbeddedInAppYAML(t *testing.T) {
 }
 
 func TestLoadEnv(t *testing.T) {
+	t.Parallel()
 	with := func(f func(*httpfx.Config)) httpfx.Config { c := httpfx.DefaultConfig(); f(&c); return c }
 	tests := []struct {
 		name    string
@@ -231,6 +237,7 @@ func TestLoadEnv(t *testing.T) {
 
 // Environment variables override a YAML file: the usual order of an application's sources.
 func TestApplyEnvOverYAML(t *testing.T) {
+	t.Parallel()
 	c, err := httpfx.LoadYAML([]byte("timeout: 5s\ndial_timeout: 1s\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -245,6 +252,7 @@ func TestApplyEnvOverYAML(t *testing.T) {
 
 // Each invalid configuration gets exactly this error.
 func TestInvalidConfigExactErrors(t *testing.T) {
+	t.Parallel()
 	edit := func(f func(*httpfx.Config)) httpfx.Config { c := httpfx.DefaultConfig(); f(&c); return c }
 	tests := []struct {
 		name string
@@ -285,6 +293,7 @@ func TestInvalidConfigExactErrors(t *testing.T) {
 
 // Loading over a Config never changes a copy of it: the loaders copy the Upstreams map.
 func TestLoadersDoNotChangeCopies(t *testing.T) {
+	t.Parallel()
 	orig := httpfx.DefaultConfig()
 	orig.Upstreams = map[string]httpfx.UpstreamConfig{"pay": {BaseURL: "https://a", Headers: map[string]string{"X": "1"}}}
 	cp := orig
@@ -305,6 +314,7 @@ func TestLoadersDoNotChangeCopies(t *testing.T) {
 // The environment overrides a file's header whatever its spelling there: X_API_KEY names
 // X-Api-Key, which a file may spell X-API-Key or x-api-key.
 func TestEnvHeaderOverridesAnySpelling(t *testing.T) {
+	t.Parallel()
 	for _, give := range []string{"X-API-Key", "x-api-key", "X-Api-Key"} {
 		t.Run(give, func(t *testing.T) {
 			cfg, err := httpfx.LoadYAML([]byte("upstreams:\n  payments:\n    base_url: https://payments.internal/api/\n    headers:\n      " +

@@ -40,11 +40,8 @@ var deadlineModes = []deadlineMode{
 	{name: "h2", start: newH2TLSUpstream, tls: true},
 	{name: "http-wrapped", start: testutil.NewServer, wrapped: true},
 	{name: "h2-wrapped", start: newH2TLSUpstream, tls: true, wrapped: true},
-	{name: "h2-ending-context", start: newH2TLSUpstream, tls: true, ending: true},
-	{name: "h2-known", start: newH2TLSUpstream, tls: true, warm: true},
 	{name: "h2-known-ending-context", start: newH2TLSUpstream, tls: true, warm: true, ending: true},
-	{name: "https-known", start: newH1TLSUpstream, tls: true, warm: true},
-	{name: "https-ending-context", start: newH1TLSUpstream, tls: true, ending: true},
+	{name: "https-known-ending-context", start: newH1TLSUpstream, tls: true, warm: true, ending: true},
 }
 
 func newH1TLSUpstream(t testing.TB, h http.Handler) *testutil.Server {
@@ -64,6 +61,7 @@ func (p passThrough) RoundTrip(r *http.Request) (*http.Response, error) { return
 // read (Config.Timeout). A slow upload is not a wait for headers. The error names the setting,
 // is a net.Error timeout and wraps context.DeadlineExceeded; it never comes before the bound.
 func TestDeadlinesInEveryMode(t *testing.T) {
+	t.Parallel()
 	noHeaders := func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
 	stalls := func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "partial")
@@ -90,6 +88,7 @@ func TestDeadlinesInEveryMode(t *testing.T) {
 	for _, m := range deadlineModes {
 		for _, tt := range tests {
 			t.Run(m.name+"/"+tt.give, func(t *testing.T) {
+				t.Parallel()
 				u := m.start(t, warmable(tt.handler))
 				edit := func(c *httpfx.Config) {
 					c.Timeout, c.ResponseHeaderTimeout = tt.timeout, tt.headers
@@ -191,6 +190,7 @@ func (r *slowReader) Read(p []byte) (int, error) {
 // A deadline that passes at once races net/http's registration of the request: every request
 // still fails with the timeout, none hangs, in the fast, own and cancel modes.
 func TestTimeoutRacingTheRoundTrip(t *testing.T) {
+	t.Parallel()
 	hang := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
 	for _, m := range deadlineModes {
 		if m.ending || m.warm { // the same as its mode with a context that never ends, here; warm: TestKnownHTTP2HostRacingTheRoundTrip
@@ -225,6 +225,7 @@ func TestTimeoutRacingTheRoundTrip(t *testing.T) {
 
 // Time spent dialling for a request (here, a slow DNS answer) is not a wait for headers.
 func TestDialIsNotAWaitForHeaders(t *testing.T) {
+	t.Parallel()
 	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	_, port, _ := net.SplitHostPort(u.Listener.Addr().String())
 	cfg := httpfx.DefaultConfig()

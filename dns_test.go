@@ -139,6 +139,7 @@ func TestTrafficFollowsDNS(t *testing.T) {
 // The DNS cache serves the last good answer while the resolver fails (for DNSStaleTTL),
 // merges concurrent lookups of a name, and remembers a failure briefly.
 func TestDNSCache(t *testing.T) {
+	t.Parallel()
 	u := testutil.NewServer(t, namedServer("A"))
 	_, port, _ := net.SplitHostPort(u.Listener.Addr().String())
 	url := func(host string) string { return "http://" + host + ":" + port + "/" }

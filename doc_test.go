@@ -13,6 +13,7 @@ import (
 // Every exported name, and every field of an exported struct, has a doc comment that starts
 // with its name.
 func TestExportedNamesDocumented(t *testing.T) {
+	t.Parallel()
 	fset := token.NewFileSet()
 	pkgs, err := parser.ParseDir(fset, ".", func(fi os.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, parser.ParseComments)
 	if err != nil {

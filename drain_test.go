@@ -244,6 +244,7 @@ func TestStopPastDeadlineCutsHungRequests(t *testing.T) {
 
 // Config.Timeout covers the whole request, body included, without http.Client.Timeout.
 func TestTimeoutCoversBody(t *testing.T) {
+	t.Parallel()
 	hang := testutil.NewGate()
 	defer hang.Release()
 	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -19,6 +19,7 @@ import (
 // HTTP/1.1 and HTTP/2: its text is net/http's, which exports no value for it, so this pins it
 // on every Go that CI runs.
 func TestResponseHeaderTimeoutErrorText(t *testing.T) {
+	t.Parallel()
 	for _, h2 := range []bool{false, true} {
 		name := "http1"
 		if h2 {
@@ -67,6 +68,7 @@ func TestResponseHeaderTimeoutErrorText(t *testing.T) {
 // server's close reaches net/http's read loop while the request holds the connection, before
 // it writes.
 func TestServerClosedIdleErrorText(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -107,6 +107,7 @@ func TestZeroConfigStartStop(t *testing.T) {
 }
 
 func TestOneClientSharedByConsumers(t *testing.T) {
+	t.Parallel()
 	type consumer struct{ c *http.Client }
 	var a, b consumer
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module,
@@ -185,6 +186,7 @@ func TestDependentOnStopCanUseClient(t *testing.T) {
 }
 
 func TestBadConfigFailsFxNew(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		give httpfx.Config
@@ -212,6 +214,7 @@ func TestBadConfigFailsFxNew(t *testing.T) {
 }
 
 func TestLoggerNamedAndOptional(t *testing.T) {
+	t.Parallel()
 	core, logs := observer.New(zap.DebugLevel)
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Supply(zap.New(core)))
 	app.RequireStart().RequireStop()
@@ -424,6 +427,7 @@ func TestDecorateReplaceClient(t *testing.T) {
 }
 
 func TestDecorateConfigKeepsOtherDefaults(t *testing.T) {
+	t.Parallel()
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g),
 		fx.Decorate(func(c httpfx.Config) httpfx.Config {
@@ -444,6 +448,7 @@ func TestDecorateConfigKeepsOtherDefaults(t *testing.T) {
 }
 
 func TestReplaceConfig(t *testing.T) {
+	t.Parallel()
 	give := httpfx.Config{MaxIdleConnsPerHost: 4, MaxConnsPerHost: 4, DrainTimeout: time.Second}
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), fx.Replace(give))

@@ -5,10 +5,12 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
+	testutil.WaitingTestsInParallel()
 	goleak.VerifyTestMain(m)
 }
 

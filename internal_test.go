@@ -17,6 +17,7 @@ import (
 )
 
 func TestNoProxyMatch(t *testing.T) {
+	t.Parallel()
 	list, err := parseNoProxy("example.com, .internal, 10.0.0.0/8, 192.168.1.7, api.test:8443, [::1]:9000")
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +52,7 @@ func TestNoProxyMatch(t *testing.T) {
 }
 
 func TestKeepsCredentials(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		from, to string
 		want     bool
@@ -76,6 +78,7 @@ func TestKeepsCredentials(t *testing.T) {
 // Abandoned bodies whose context ended are finished by the sampled reap of their shard, so
 // they do not pile up in a service that never stops.
 func TestSampledReapFinishesAbandonedBodies(t *testing.T) {
+	t.Parallel()
 	o, err := newOwner(DefaultConfig(), nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -109,6 +112,7 @@ func TestSampledReapFinishesAbandonedBodies(t *testing.T) {
 // The cold-start gate releases the followers as soon as the leader's connection negotiated
 // HTTP/1.1, where nothing can be shared, instead of holding them for its response.
 func TestGateReleasesFollowersOfHTTP1Leader(t *testing.T) {
+	t.Parallel()
 	held, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -158,6 +162,7 @@ func TestGateReleasesFollowersOfHTTP1Leader(t *testing.T) {
 }
 
 func TestKeepAliveTimeout(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		give   string
 		want   int
@@ -182,6 +187,7 @@ func TestKeepAliveTimeout(t *testing.T) {
 // A read that finds the connection closed proves the request unsent only if the server's TCP
 // acknowledged none of it: closed before the request arrived, yes; read and then closed, no.
 func TestUnsentProof(t *testing.T) {
+	t.Parallel()
 	if runtime.GOOS != "linux" {
 		t.Skip("TCP_INFO's acknowledged bytes are read on Linux only")
 	}
@@ -249,6 +255,7 @@ func TestUnsentProof(t *testing.T) {
 }
 
 func TestNoProxyWildcardDomain(t *testing.T) {
+	t.Parallel()
 	list, err := parseNoProxy("*.example.com, *.test:8443")
 	if err != nil {
 		t.Fatal(err)

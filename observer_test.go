@@ -472,6 +472,7 @@ func TestObserversGroup(t *testing.T) {
 }
 
 func TestConnEventKindString(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		give httpfx.ConnEventKind
 		want string

@@ -106,6 +106,7 @@ func TestPrewarm(t *testing.T) {
 // Pre-warming never fails start, nor takes all of it: an upstream that accepts connections
 // and never completes the TLS handshake holds it for half of the start context at most.
 func TestPrewarmLeavesStartTime(t *testing.T) {
+	t.Parallel()
 	addr := silentListener(t)
 	core, logs := observer.New(zap.WarnLevel)
 	app := fx.New(fx.NopLogger, httpfx.Module, fx.Supply(zap.New(core)),

@@ -91,6 +91,7 @@ func TestExplicitProxy(t *testing.T) {
 }
 
 func TestBadProxyConfig(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		give    httpfx.Config
 		want    string

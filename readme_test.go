@@ -60,6 +60,7 @@ func containsRun(haystack, needle []string) bool {
 
 // Every Go snippet of the README is a piece of an example or test, so it compiles and runs.
 func TestReadmeSnippets(t *testing.T) {
+	t.Parallel()
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +93,7 @@ func TestReadmeSnippets(t *testing.T) {
 // The README's configuration table lists every field with its environment variable and the
 // default DefaultConfig really has.
 func TestReadmeConfigTable(t *testing.T) {
+	t.Parallel()
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)

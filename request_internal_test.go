@@ -60,6 +60,7 @@ func TestBodyErrorClass(t *testing.T) {
 // An upstream request that stop refuses between admission and listing is counted out of its
 // upstream once, and never waits for a MaxConnsPerHost slot it did not take.
 func TestUpstreamRequestRefusedAtListing(t *testing.T) {
+	t.Parallel()
 	res, err := New(Params{Config: DefaultConfig()})
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +93,7 @@ func TestUpstreamRequestRefusedAtListing(t *testing.T) {
 // A request waiting for an upstream's MaxConnsPerHost slot is bounded by its Timeout even
 // when nothing else in flight has a deadline of its own.
 func TestUpstreamSlotWaitBoundedByTimeout(t *testing.T) {
+	t.Parallel()
 	srv := newStallingServer(t)
 	cfg := DefaultConfig()
 	cfg.ResponseHeaderTimeout = 0
@@ -138,6 +140,7 @@ func TestUpstreamSlotWaitBoundedByTimeout(t *testing.T) {
 // Many upstream requests time out while waiting for a slot and while waiting for headers,
 // concurrently with the sweeper: run with -race.
 func TestUpstreamTimeoutsUnderRace(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
 	defer srv.Close()
 	defer srv.CloseClientConnections()
@@ -167,6 +170,7 @@ func TestUpstreamTimeoutsUnderRace(t *testing.T) {
 // The context of a request never changes its Err once set: a caller's cancellation stays
 // Canceled even when the request's Timeout passes afterwards.
 func TestRequestContextErrIsStable(t *testing.T) {
+	t.Parallel()
 	srv := newStallingServer(t)
 	cfg := DefaultConfig()
 	cfg.Timeout = 200 * time.Millisecond
@@ -208,6 +212,7 @@ func newStallingServer(t *testing.T) *httptest.Server {
 // when stop looks at it; the observer sees the response's status and a timeout (and -race sees
 // no race between the response's record and the finish).
 func TestObserverSeesBodyTimeout(t *testing.T) {
+	t.Parallel()
 	srv := newStallingServer(t)
 	rec := new(recObserver)
 	cfg := DefaultConfig()
@@ -236,6 +241,7 @@ func TestObserverSeesBodyTimeout(t *testing.T) {
 // on: after bursts of HTTPS requests that all time out against a server that never answers,
 // no leader is left behind to hold the next requests to the host.
 func TestGateLeadHandedOnWhenTheDeadlinePasses(t *testing.T) {
+	t.Parallel()
 	addr := holdingListener(t)
 	cfg := DefaultConfig()
 	cfg.Timeout = 100 * time.Millisecond
@@ -281,6 +287,7 @@ func newObservedClient(t *testing.T, cfg Config, obs Observer) *http.Client {
 // A request carries one trace with every hook it needs: health's check of the connection and
 // the observation's, and a caller's own trace still runs too.
 func TestOneTraceRunsEveryHook(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(w, r.Body) }))
 	defer srv.Close()
 	tests := []struct {
@@ -343,6 +350,7 @@ func TestOneTraceRunsEveryHook(t *testing.T) {
 // To a host the cold-start gate knows speaks HTTP/2 (no gate), a deadline that passes at once
 // races net/http: every request fails with the timeout, none hangs.
 func TestKnownHTTP2HostRacingTheRoundTrip(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
@@ -417,6 +425,7 @@ func holdingListener(t *testing.T) string {
 // A request waiting behind the cold-start gate's leader (its context wrapped by the
 // certificate hint) that a deadline or stop ends says which.
 func TestGateWaitEndsWithItsCause(t *testing.T) {
+	t.Parallel()
 	addr := holdingListener(t)
 	url := "https://" + addr + "/"
 	tests := []struct {
@@ -498,6 +507,7 @@ func pollUntil(t *testing.T, what string, cond func() bool) {
 // A transport that speaks only HTTP/1.1 over TLS (here made so by a decorator, not Config)
 // has no cold-start gate: a request is not held behind another whose handshake hangs.
 func TestHTTP1OnlyTLSIsNotGated(t *testing.T) {
+	t.Parallel()
 	addr := holdingListener(t)
 	url := "https://" + addr + "/"
 	cfg := DefaultConfig()

@@ -211,6 +211,7 @@ func TestTLSSettings(t *testing.T) {
 }
 
 func TestBadTLSConfigFailsFxNew(t *testing.T) {
+	t.Parallel()
 	p := newPKI(t)
 	_, certFile, keyFile := p.issue("client")
 	_, _, otherKey := p.issue("other")

@@ -278,6 +278,7 @@ func TestUpstreamFromConfig(t *testing.T) {
 }
 
 func TestBadUpstreamFailsFxNew(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		give fx.Option
@@ -330,6 +331,7 @@ func TestBadUpstreamFailsFxNew(t *testing.T) {
 
 // A configured upstream that no component uses is reported at start.
 func TestUnusedUpstreamIsReported(t *testing.T) {
+	t.Parallel()
 	core, logs := observer.New(zap.WarnLevel)
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, fx.Supply(zap.New(core)),
 		withConfig(func(c *httpfx.Config) {

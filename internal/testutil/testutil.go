@@ -6,6 +6,7 @@ package testutil
 
 import (
 	"context"
+	"flag"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,19 @@ import (
 
 	"go.uber.org/goleak"
 )
+
+// WaitingTestsInParallel lets 8 parallel tests run at once, unless -test.parallel is given:
+// the parallel tests of httpfx mostly wait, for timers and for loopback servers, so the
+// default of GOMAXPROCS (2 on a small CI machine) would run them nearly one at a time. Call
+// it from TestMain, before m.Run.
+func WaitingTestsInParallel() {
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		flag.Set("test.parallel", "8")
+	}
+}
 
 // Server is a loopback test server that counts its connections as the server sees them.
 type Server struct {
