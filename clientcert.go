@@ -24,6 +24,7 @@ import (
 // no hint (it served without a certificate) and its requests carry nothing: one atomic load
 // and a map lookup per HTTPS request. It is safe for concurrent use.
 type certHint struct {
+	next     http.RoundTripper
 	answered atomic.Pointer[map[string]struct{}] // hosts that answered; replaced whole on change
 
 	mu    sync.Mutex
@@ -61,6 +62,16 @@ func installHint(tc *tls.Config) (*tls.Config, *certHint) {
 		return new(tls.Certificate), nil // none, as without this hook
 	}
 	return tc, h
+}
+
+var _ http.RoundTripper = (*certHint)(nil)
+
+// RoundTrip sends req through next, marked if its host has not answered yet, and explains its
+// failure if that host asked for a certificate.
+func (h *certHint) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = h.mark(req)
+	resp, err := h.next.RoundTrip(req)
+	return resp, h.check(req, err)
 }
 
 // mark returns req with its host in its context if req goes to an HTTPS host that has not

@@ -29,6 +29,7 @@ import (
 // A known host costs one atomic load and a map lookup per request. It is safe for concurrent
 // use.
 type h2gate struct {
+	next  http.RoundTripper
 	known atomic.Pointer[map[string]struct{}] // hosts that need no gate; replaced whole on change
 
 	mu      sync.Mutex
@@ -50,6 +51,27 @@ const (
 	// h2MaxHosts bounds the hosts the gate remembers; past it, new hosts are not gated.
 	h2MaxHosts = 4096
 )
+
+var _ http.RoundTripper = (*h2gate)(nil)
+
+// RoundTrip sends an HTTPS request through next once the gate lets it go.
+func (g *h2gate) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != "https" {
+		return g.next.RoundTrip(req)
+	}
+	req, lead, err := g.enter(req)
+	if err != nil {
+		if req.Body != nil {
+			req.Body.Close() // as a RoundTripper must
+		}
+		return nil, err
+	}
+	resp, err := g.next.RoundTrip(req)
+	if lead != nil {
+		g.leave(req.URL.Host, lead, err == nil)
+	}
+	return resp, err
+}
 
 // enter returns at once for a host that needs no gate. Otherwise it makes req the leader of
 // its host, returning the lead (and a request that reports its connection), or waits for the

@@ -38,9 +38,8 @@ type owner struct {
 	upstreams         []*upstream     // the upstream clients built
 	headerTimeout     time.Duration   // the ResponseHeaderTimeout of the transport in use
 	headerTimeoutName string          // what its error calls it
-	hint              *certHint       // explains mutual-TLS failures; nil if a client certificate is configured
 	health            *health         // keeps connections healthy; nil if the transport is not the owned one
-	gate              *h2gate         // nil if the transport cannot speak HTTP/2 over TLS
+	gate              *h2gate         // the HTTP/2 cold-start gate; nil if the transport cannot speak HTTP/2 over TLS
 	obs               *observers      // nil unless observed
 
 	requests requestList // requests in flight

@@ -2,6 +2,7 @@ package httpfx
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -11,6 +12,16 @@ import (
 
 	"github.com/httpfx/httpfx/internal/body"
 )
+
+// sender is what a request needs of the upstream client that sent it (see Upstream): its
+// name, Timeout and connection limit, and its counters. The shared client has none.
+type sender struct {
+	name       string
+	timeout    time.Duration // of the whole request; zero: none
+	timeoutErr error         // the cause of a request's context when timeout expires
+	slots      chan struct{} // MaxConnsPerHost tokens; nil if unbounded
+	stats      *upstreamStats
+}
 
 // request is one request of a client httpfx built, in flight from admission until it is
 // finished: its round trip failed, or its response body was closed, read to EOF or failed, or
@@ -24,7 +35,7 @@ type request struct {
 	shard      *shard   // nil until listed
 
 	o        *owner
-	up       *upstream       // the upstream client that sent it; nil for the shared client
+	up       *sender         // the upstream client that sent it; nil for the shared client
 	parent   context.Context // the caller's context
 	ctx      context.Context // the request's own: parent, with its deadline; ended when it is finished
 	cancel   context.CancelFunc
@@ -46,7 +57,7 @@ type request struct {
 // returns the request in flight and the copy of req to send: with the request's own context,
 // the trace that checks its connection (health, observers) and the User-Agent. It returns
 // ErrClosed once stop has begun; it closes req's body then, as a RoundTripper must.
-func (o *owner) begin(req *http.Request, up *upstream) (*request, *http.Request, error) {
+func (o *owner) begin(req *http.Request, up *sender) (*request, *http.Request, error) {
 	seq, ok := o.admit()
 	if !ok {
 		closeBody(req)
@@ -94,7 +105,36 @@ func (o *owner) begin(req *http.Request, up *upstream) (*request, *http.Request,
 	if seq%reapEvery == 0 {
 		o.requests.reap(seq / reapEvery)
 	}
+	if up != nil && up.slots != nil {
+		if err := r.waitSlot(); err != nil {
+			return nil, nil, r.endEarly(send, r.why(err))
+		}
+	}
 	return r, send, nil
+}
+
+// waitSlot waits, as long as the request's context allows (its Timeout covers the wait),
+// until its upstream has room for one more request in flight (MaxConnsPerHost), counting the
+// request as waiting meanwhile. It comes after admission, so that stop refuses new requests at
+// once.
+func (r *request) waitSlot() error {
+	up := r.up
+	select {
+	case up.slots <- struct{}{}:
+		r.slot = true
+		return nil
+	default:
+	}
+	up.stats.waiting.Add(1)
+	defer up.stats.waiting.Add(-1)
+	select {
+	case up.slots <- struct{}{}:
+		r.slot = true
+		return nil
+	case <-r.ctx.Done():
+		return fmt.Errorf("httpfx: upstream %q: waiting for one of its MaxConnsPerHost (%d): %w",
+			up.name, cap(up.slots), context.Cause(r.ctx))
+	}
 }
 
 // withTrace returns ctx carrying trace. A trace that is shared is copied if ctx has a trace
@@ -188,8 +228,14 @@ func (r *request) end(err error) {
 		(*unwatch)()
 	}
 	r.cancel()
-	if r.up != nil {
-		r.up.done(err != nil, r.slot)
+	if up := r.up; up != nil {
+		if err != nil {
+			up.stats.failed.Add(1)
+		}
+		up.stats.inFlight.Add(-1)
+		if r.slot {
+			<-up.slots
+		}
 	}
 	r.o.finish(err != nil)
 }

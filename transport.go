@@ -43,6 +43,7 @@ func newTransport(cfg Config, r resolved, dial dialFunc) *http.Transport {
 // httpfx leaves it untouched and only drains its requests.
 func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client {
 	o.inUse = t
+	next := rt
 	if t == o.transport {
 		dial := t.DialContext
 		if dial == nil {
@@ -52,7 +53,10 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 		o.conns.health, o.conns.dns = o.health, o.dns
 		o.conns.h2c = t.Protocols != nil && t.Protocols.UnencryptedHTTP2() && !t.Protocols.HTTP1()
 		// Installed now, after decorators: a certificate they configured turns it off.
-		t.TLSClientConfig, o.hint = installHint(t.TLSClientConfig)
+		var hint *certHint
+		if t.TLSClientConfig, hint = installHint(t.TLSClientConfig); hint != nil {
+			hint.next, next = next, hint
+		}
 	} else {
 		o.health = nil // a caller's transport: httpfx leaves its connections alone
 	}
@@ -62,14 +66,53 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 			o.headerTimeoutName = "Config.ResponseHeaderTimeout"
 		}
 		if !http1OverTLS(t) {
-			o.gate = new(h2gate)
+			o.gate = &h2gate{next: next}
 			o.conns.onLast = o.gate.forget
+			next = o.gate
 		}
 	}
 	o.nextType = fmt.Sprintf("%T", rt)
-	o.rt = &roundTripper{o: o, next: rt}
+	o.rt = &roundTripper{o: o, next: next}
 	o.client = &http.Client{Transport: o.rt, CheckRedirect: redirectPolicy(nil)}
 	return o.client
+}
+
+// newUpstream builds the upstream client name from its configuration in code and the entry
+// of Config.Upstreams that overrides it, over the shared client's round tripper.
+func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, error) {
+	// Each side on its own first: the merge canonicalizes header names, which would hide two
+	// spellings of one header given on the same side.
+	if err := code.validate(name, false); err != nil {
+		return nil, err
+	}
+	cfg := code.overlay(o.cfg.Upstreams[name])
+	if err := cfg.validate(name, true); err != nil {
+		return nil, err
+	}
+	base, _ := parseBaseURL(cfg.BaseURL)
+	u := &upstream{base: base, t: o.rt}
+	u.name, u.timeout = name, cfg.Timeout
+	u.timeoutErr = &timeoutError{what: fmt.Sprintf("upstream %q Timeout", name), d: cfg.Timeout}
+	if u.timeout == 0 {
+		u.timeout, u.timeoutErr = o.cfg.Timeout, o.timeoutErr
+	}
+	for k, v := range cfg.Headers {
+		if http.CanonicalHeaderKey(k) == "Host" { // net/http sends Request.Host, never Header["Host"]
+			u.host = v
+			continue
+		}
+		if u.headers == nil {
+			u.headers = make(http.Header, len(cfg.Headers))
+		}
+		u.headers.Set(k, v)
+	}
+	if cfg.MaxConnsPerHost > 0 {
+		u.slots = make(chan struct{}, cfg.MaxConnsPerHost)
+	}
+	u.stats = o.stats.addUpstream(name)
+	u.prewarm = cfg.Prewarm
+	o.upstreams = append(o.upstreams, u)
+	return &http.Client{Transport: u, CheckRedirect: redirectPolicy(base)}, nil
 }
 
 // http1OverTLS reports whether t speaks only HTTP/1.1 over TLS, as net/http decides: no

@@ -1,7 +1,6 @@
 package httpfx
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -166,54 +165,15 @@ func parseBaseURL(s string) (*url.URL, error) {
 // and sends through the shared client's round tripper with its own timeout. It is safe for
 // concurrent use.
 type upstream struct {
-	name       string
-	base       *url.URL
-	headers    http.Header   // canonical names; nil if none
-	host       string        // the Host header to send to the base's origin; empty: the URL's
-	timeout    time.Duration // of the whole request; zero: none
-	timeoutErr error         // the cause of a request's context when timeout expires
-	slots      chan struct{} // MaxConnsPerHost tokens; nil if unbounded
-	prewarm    int           // connections to open at start
-	t          *roundTripper
-	stats      *upstreamStats
+	sender                // its name, Timeout, connection limit and counters, for its requests
+	base    *url.URL      // the base URL
+	headers http.Header   // canonical names; nil if none
+	host    string        // the Host header to send to the base's origin; empty: the URL's
+	prewarm int           // connections to open at start
+	t       *roundTripper // the shared client's
 }
 
 var _ http.RoundTripper = (*upstream)(nil)
-
-func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, error) {
-	// Each side on its own first: the merge canonicalizes header names, which would hide two
-	// spellings of one header given on the same side.
-	if err := code.validate(name, false); err != nil {
-		return nil, err
-	}
-	cfg := code.overlay(o.cfg.Upstreams[name])
-	if err := cfg.validate(name, true); err != nil {
-		return nil, err
-	}
-	base, _ := parseBaseURL(cfg.BaseURL)
-	u := &upstream{name: name, base: base, timeout: cfg.Timeout, t: o.rt}
-	u.timeoutErr = &timeoutError{what: fmt.Sprintf("upstream %q Timeout", name), d: cfg.Timeout}
-	if u.timeout == 0 {
-		u.timeout, u.timeoutErr = o.cfg.Timeout, o.timeoutErr
-	}
-	for k, v := range cfg.Headers {
-		if http.CanonicalHeaderKey(k) == "Host" { // net/http sends Request.Host, never Header["Host"]
-			u.host = v
-			continue
-		}
-		if u.headers == nil {
-			u.headers = make(http.Header, len(cfg.Headers))
-		}
-		u.headers.Set(k, v)
-	}
-	if cfg.MaxConnsPerHost > 0 {
-		u.slots = make(chan struct{}, cfg.MaxConnsPerHost)
-	}
-	u.stats = o.stats.addUpstream(name)
-	u.prewarm = cfg.Prewarm
-	o.upstreams = append(o.upstreams, u)
-	return &http.Client{Transport: u, CheckRedirect: redirectPolicy(base)}, nil
-}
 
 // RoundTrip implements http.RoundTripper.
 func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -241,44 +201,9 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.Header = h
 		req = &r
 	}
-	return u.t.roundTrip(req, u)
-}
-
-// acquire waits, as long as ctx allows, until the upstream has room for one more request,
-// counting the request as waiting meanwhile. The round trip calls it after admission, so that
-// stop refuses new requests at once and the upstream's Timeout covers the wait.
-func (u *upstream) acquire(ctx context.Context) error {
-	if u.slots == nil {
-		return nil
-	}
-	select {
-	case u.slots <- struct{}{}:
-		return nil
-	default:
-	}
-	u.stats.waiting.Add(1)
-	defer u.stats.waiting.Add(-1)
-	select {
-	case u.slots <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("httpfx: upstream %q: waiting for one of its MaxConnsPerHost (%d): %w",
-			u.name, cap(u.slots), context.Cause(ctx))
-	}
-}
-
-// done counts an upstream request out of flight and frees its slot; acquired is false for a
-// request that gave up waiting for one.
-func (u *upstream) done(failed, acquired bool) {
-	if failed {
-		u.stats.failed.Add(1)
-	}
-	u.stats.inFlight.Add(-1)
-	if u.slots != nil && acquired {
-		<-u.slots
-	}
+	return u.t.roundTrip(req, &u.sender)
 }
 
 // CloseIdleConnections is ignored and counted, as on the shared client: an upstream client
 // shares the process's pool.
-func (u *upstream) CloseIdleConnections() { u.t.o.ignoreCloseIdle() }
+func (u *upstream) CloseIdleConnections() { u.t.CloseIdleConnections() }
