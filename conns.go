@@ -37,7 +37,10 @@ type connSet struct {
 	obs    []Observer      // told of each connection's changes; nil: none
 	stop   context.Context // ends the dials in flight at stop
 	cancel context.CancelFunc
-	trace  httptrace.ClientTrace // gotConn, for the requests whose connection health checks
+
+	// The httptrace hooks (gotConn) of the requests of httpfx's clients: for a request that
+	// net/http can send again, and for one it cannot.
+	traceRewindable, traceOnce httptrace.ClientTrace
 
 	mu      sync.Mutex
 	conns   map[*conn]struct{}
@@ -50,7 +53,9 @@ type connSet struct {
 	silent bool // stop has returned: events are no longer told; guarded by events
 }
 
-// conn is a connection of the owned transport; closing it removes it from its set.
+// conn is a connection of the owned transport; closing it removes it from its set. It is
+// announced to the observers (ConnOpened) once it can carry HTTP: when a request first takes
+// it, or when a pre-warmed one's handshake is done; one whose TLS handshake fails never is.
 type conn struct {
 	net.Conn
 	set  *connSet
@@ -59,12 +64,13 @@ type conn struct {
 	ip   netip.Addr     // the address it is connected to
 	h    *connHealth    // nil without health
 
-	gone   atomic.Bool // DNS no longer returns ip
-	closed atomic.Bool
-	reason string    // why it closed: set once, by whoever closes it first (closeFor)
-	opened time.Time // for the observers; zero unless observed
-	peer   string    // the remote address, for the observers
-	state  atomic.Int32
+	gone      atomic.Bool // DNS no longer returns ip
+	closed    atomic.Bool
+	announced atomic.Bool // ConnOpened was told, and ConnClosed will be
+	reason    string      // why it closed: set once, by whoever closes it first (closeFor)
+	opened    time.Time   // when it was dialled, for the observers
+	peer      string      // the remote address, for the observers
+	state     atomic.Int32
 }
 
 // The state word of an observed connection: the requests it carries, and connGone once it is
@@ -76,6 +82,7 @@ const connGone = 1 << 30
 type dialHook struct {
 	began func()      // the dial begins
 	ended func(error) // the dial (with tls, the handshake) ended
+	conn  func(*conn) // the connection dialled, before ended; nil: not wanted
 	tls   bool        // the TLS handshake's outcome is the one that counts: ended is told elsewhere
 }
 
@@ -84,7 +91,8 @@ type dialHookKey struct{}
 func newConnSet(stats *Stats) *connSet {
 	s := &connSet{stats: stats}
 	s.stop, s.cancel = context.WithCancel(context.Background())
-	s.trace.GotConn = s.gotConn
+	s.traceRewindable.GotConn = func(info httptrace.GotConnInfo) { s.gotConn(info, true) }
+	s.traceOnce.GotConn = func(info httptrace.GotConnInfo) { s.gotConn(info, false) }
 	return s
 }
 
@@ -129,10 +137,13 @@ func (s *connSet) wrap(dial dialFunc) dialFunc {
 			nc.Close()
 			return nil, errDialAfterStop
 		}
+		if hook != nil && hook.conn != nil {
+			hook.conn(c)
+		}
 		if hook != nil && !hook.tls {
+			s.announce(c, nil)
 			hook.ended(nil)
 		}
-		s.event(c, ConnOpened)
 		return c, nil
 	}
 }
@@ -170,7 +181,7 @@ func (s *connSet) remove(c *conn) {
 		delete(s.perAddr, c.addr)
 	}
 	s.mu.Unlock()
-	if s.obs != nil {
+	if s.obs != nil && c.announced.Load() {
 		v := c.state.Or(connGone)
 		if v > 0 {
 			s.stats.states.inUse.Add(-1)
@@ -227,35 +238,63 @@ func (s *connSet) quiet() {
 	s.events.Unlock()
 }
 
-// gotConn is the httptrace hook of the requests whose connection health checks: it runs on
-// the request's goroutine when the request has its connection, before it writes. It asks for
-// a DNS refresh of the connection's name if one is due, and retires the connection if health
-// says so: nothing of the request has been written, so net/http sends it on another
-// connection (only requests that can be sent again carry this hook).
-func (s *connSet) gotConn(info httptrace.GotConnInfo) {
+// gotConn is the httptrace hook of the requests of httpfx's clients: it runs on the
+// request's goroutine when the request has its connection, before it writes. It announces a
+// connection that no request took before, asks for a DNS refresh of the connection's name if
+// one is due, and retires the connection if health says so: nothing of the request has been
+// written, so net/http sends it on another connection (health retires a connection only for
+// a request that net/http can send again: rewindable).
+func (s *connSet) gotConn(info httptrace.GotConnInfo, rewindable bool) {
 	c := s.connOf(info.Conn)
-	if c == nil || c.h == nil {
+	if c == nil {
+		return
+	}
+	tc, isTLS := info.Conn.(*tls.Conn)
+	var cs *tls.ConnectionState // read once per connection
+	if !c.announced.Load() {
+		if isTLS {
+			state := tc.ConnectionState()
+			cs = &state
+		}
+		s.announce(c, cs)
+	}
+	if c.h == nil {
 		return
 	}
 	if info.Reused && c.dns != nil {
 		s.dns.Due(c.dns)
 	}
-	if reason := c.h.taken(info, s.protoOf(info.Conn), c.gone.Load()); reason != "" {
+	proto := int32(protoUnknown) // known already but for the first request
+	if c.h.proto.Load() == protoUnknown {
+		proto = protoH1
+		if isTLS && cs == nil {
+			state := tc.ConnectionState()
+			cs = &state
+		}
+		if isTLS && cs.NegotiatedProtocol == "h2" || !isTLS && s.h2c {
+			proto = protoH2
+		}
+	}
+	if reason := c.h.taken(info, proto, isTLS, c.gone.Load(), rewindable); reason != "" {
 		c.retire(reason)
 		s.stats.replayed.Add(1)
 	}
 }
 
-// protoOf tells what a connection a request took speaks: HTTP/2 if TLS negotiated it, or if
-// the transport speaks HTTP/2 without TLS, which it does only with HTTP/1.1 off.
-func (s *connSet) protoOf(nc net.Conn) int32 {
-	if tc, ok := nc.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
-		return protoH2
+// announce tells the observers that c can carry HTTP, once, with what its TLS handshake, if
+// any, negotiated (cs), and counts the handshake.
+func (s *connSet) announce(c *conn, cs *tls.ConnectionState) {
+	if !c.announced.CompareAndSwap(false, true) {
+		return
 	}
-	if _, ok := nc.(*tls.Conn); !ok && s.h2c {
-		return protoH2
+	ev := ConnEvent{Kind: ConnOpened, Addr: c.addr, Peer: c.peer}
+	if cs != nil {
+		ev.TLS, ev.TLSResumed = true, cs.DidResume
+		s.stats.handshake(cs.DidResume)
 	}
-	return protoH1
+	if s.obs != nil && c.state.Load()&connGone == 0 {
+		s.tell(ev)
+	}
 }
 
 // connOf returns the connection of the set under nc, a connection net/http reports, or nil.
@@ -316,7 +355,7 @@ func (s *connSet) release(c *conn) {
 func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if c.h != nil {
-		err = c.h.read(n, err, c.closed.Load())
+		n, err = c.h.read(n, err, c.closed.Load())
 	}
 	return n, err
 }
@@ -368,7 +407,7 @@ func (c *conn) Close() error { return c.closeFor(reasonClosed) }
 // closeFor closes the connection and, if it is the first to, records reason as why.
 func (c *conn) closeFor(reason string) error {
 	if c.closed.CompareAndSwap(false, true) {
-		if reason == reasonClosed && c.h != nil && c.h.dead() {
+		if reason == reasonClosed && c.h != nil && c.h.closing() {
 			reason = RetiredDead
 			c.set.stats.retired(RetiredDead)
 		}

@@ -5,10 +5,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http/httptrace"
+	"sync/atomic"
 	"syscall"
 	"time"
-
-	"sync/atomic"
 )
 
 // errRetired is the error of a write to a connection httpfx retired or found closed by the
@@ -29,6 +28,13 @@ const (
 // that the server has not closed it meanwhile, and marks where the request begins, so that a
 // close before the server acknowledged any byte of it proves the request unsent. Every other
 // write passes straight through. The connection (conns.go) acts on what it decides.
+//
+// What the server's closes teach goes to the address's peer (health.go): a close (EOF) of an
+// idle plain connection, which net/http's read loop sees at once; over TLS, the close_notify
+// alert that tls.Conn reads and reports as EOF without reading the socket's EOF, seen as data
+// that arrived unasked on an idle connection right before net/http closed it; a close found by
+// the armed write's peek; and a close that proves a request unsent. A connection found open by
+// the peek after an idle spell teaches the contrary.
 type connHealth struct {
 	h       *health
 	peer    *peer           // what is known of the dialled address; nil past maxPeers
@@ -38,8 +44,10 @@ type connHealth struct {
 	lastRead   atomic.Int64 // on health's clock: the last Read that returned data
 	lastWrite  atomic.Int64 // the last Write
 	unanswered atomic.Int64 // the first Write since the last Read that returned data
+	unasked    atomic.Int64 // the idle time before data that arrived with no write since the read before; zero: none
 	written    atomic.Int64 // bytes written
 	proto      atomic.Int32 // protoUnknown, protoH1 or protoH2, from the first request that took it
+	tls        atomic.Bool  // it carries TLS, from the first request that took it
 
 	// Set by taken when a request takes the connection from the idle pool, consumed by that
 	// request's first write; then read by the goroutines of that request only.
@@ -76,17 +84,20 @@ func (h *health) newConnHealth(addr string, c any) *connHealth {
 	return ch
 }
 
-// taken is told that a request took the connection, which speaks proto, and returns why it
-// must be retired before the request writes to it, or "". A connection that is reused and
-// speaks HTTP/1.1 (an HTTP/2 one may carry other streams) is retired if DNS dropped its
-// address (gone), past its lifetime, or idle for nearly its server's idle bound: nothing of
-// the request has been written, so net/http sends it on another connection. Otherwise it is
-// armed.
-func (ch *connHealth) taken(info httptrace.GotConnInfo, proto int32, gone bool) string {
-	if ch.proto.Load() == protoUnknown {
+// taken is told that a request took the connection, which speaks proto (protoUnknown: as it did
+// for the requests before) over TLS or not, and
+// returns why it must be retired before the request writes to it, or "". rewindable says
+// whether net/http can send the request again on another connection: only then is the
+// connection retired or armed. A connection that is reused and speaks HTTP/1.1 (an HTTP/2 one
+// may carry other streams) is retired if DNS dropped its address (gone), past its lifetime, or
+// idle for nearly its server's idle bound (but for a probe of the bound): nothing of the
+// request has been written, so net/http sends it on another connection. Otherwise it is armed.
+func (ch *connHealth) taken(info httptrace.GotConnInfo, proto int32, tls, gone, rewindable bool) string {
+	if proto != protoUnknown && ch.proto.Load() == protoUnknown {
+		ch.tls.Store(tls)
 		ch.proto.Store(proto)
 	}
-	if !info.Reused || ch.proto.Load() != protoH1 {
+	if !info.Reused || !rewindable || ch.proto.Load() != protoH1 {
 		return ""
 	}
 	now := ch.h.clock.now()
@@ -95,48 +106,74 @@ func (ch *connHealth) taken(info httptrace.GotConnInfo, proto int32, gone bool) 
 		return RetiredAddressGone
 	case ch.expires != 0 && now >= ch.expires:
 		return RetiredLifetime
-	case info.WasIdle && ch.peer != nil && ch.peer.retireAfter(now) > 0 && info.IdleTime >= ch.peer.retireAfter(now):
-		return RetiredIdle
+	case info.WasIdle && ch.peer != nil:
+		if after := ch.peer.retireAfter(now); after > 0 && info.IdleTime >= after && !ch.peer.probe(now) {
+			return RetiredIdle
+		}
 	}
 	ch.idleFor.Store(int64(info.IdleTime)) // zero if handed over straight from another request
 	ch.armed.Store(true)
 	return ""
 }
 
-// read notes a Read that returned n and err, and returns the error to report. A close or
-// reset of an idle HTTP/1.1 connection, which net/http's read loop sees at once, teaches its
-// address the server's idle bound. A close (EOF) that ends the armed request's wait for its
-// response before the server's TCP acknowledged any byte of it proves the request unsent.
-// closed reports whether httpfx or net/http closed the connection already.
-func (ch *connHealth) read(n int, err error, closed bool) error {
+// read notes a Read that returned n and err, and returns n and the error to report: an
+// *unsentError for a close that proves the armed request unsent. closed reports whether httpfx
+// or net/http closed the connection already.
+func (ch *connHealth) read(n int, err error, closed bool) (int, error) {
 	now := ch.h.clock.now()
 	if n > 0 {
-		ch.lastRead.Store(now)
-		return err
+		prev := ch.lastRead.Swap(now)
+		if ch.proto.Load() != protoH1 || closed {
+			return n, err
+		}
+		if ch.tls.Load() && ch.idleFor.Load() >= int64(peekAfter) && ch.provesUnsent(prev) {
+			// Data before any of the response, which the server's TCP did not have the
+			// request to answer: its close_notify. The connection is done for.
+			return 0, &unsentError{err: io.EOF}
+		}
+		if ch.lastWrite.Load() <= prev && now-prev >= int64(learnMin) {
+			ch.unasked.Store(now - prev) // over TLS, a close_notify, if net/http closes now
+		} else {
+			ch.unasked.Store(0)
+		}
+		return n, err
 	}
 	if err == nil || closed || ch.proto.Load() != protoH1 {
-		return err
+		return n, err
 	}
 	if ch.lastRead.Load() >= ch.lastWrite.Load() && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
 		// The server closed a connection whose last exchange was its response: idle in the
-		// pool, where net/http's read loop waits on it. How long it had been idle is the
-		// server's idle bound, learned before any request meets the next such close.
-		ch.learn(time.Duration(now - ch.lastRead.Load()))
-		return err
+		// pool, where net/http's read loop waits on it. How long it had been idle is what
+		// its idle timer, if it has one, allows.
+		ch.serverClosed(time.Duration(now - ch.lastRead.Load()))
+		return n, err
 	}
-	if errors.Is(err, io.EOF) {
-		if start := ch.reqStart.Load(); start >= 0 && ch.lastRead.Load() < ch.reqAt.Load() && ch.written.Load() > start {
-			// Only an orderly close: its segment acknowledges what the server's TCP had
-			// received, while Linux ignores the acknowledgement field of a reset.
-			if acked, ok := ch.ackedBytes(); ok && acked-1 <= start { // bytes_acked counts the SYN
-				// The server closed before the request arrived, and never read it; it had
-				// been idle for idleFor when it was taken: the server's idle bound.
-				ch.learn(time.Duration(ch.idleFor.Load()))
-				return &unsentError{err: err}
-			}
-		}
+	// Only an orderly close: its segment acknowledges what the server's TCP had received,
+	// while Linux ignores the acknowledgement field of a reset.
+	if errors.Is(err, io.EOF) && ch.provesUnsent(ch.lastRead.Load()) {
+		return n, &unsentError{err: err}
 	}
-	return err
+	return n, err
+}
+
+// provesUnsent reports whether the armed request, which has read nothing of its response
+// since it began (lastRead is before it), was never received by the server: its TCP has
+// acknowledged none of the request's bytes (TCP_INFO; Linux only). The connection had been
+// idle before the request, for idleFor: that is what the server's idle timer allowed, and
+// the peer learns it. Over TLS it is asked for the first data after the request, which costs a
+// system call, only when the connection had been idle for peekAfter: a server's idle timer
+// cannot have closed one reused sooner.
+func (ch *connHealth) provesUnsent(lastRead int64) bool {
+	start := ch.reqStart.Load()
+	if start < 0 || lastRead >= ch.reqAt.Load() {
+		return false
+	}
+	acked, ok := ch.ackedBytes()
+	if !ok || acked-1 > start { // bytes_acked counts the SYN
+		return false
+	}
+	ch.serverClosed(time.Duration(ch.idleFor.Load()))
+	return true
 }
 
 // beforeWrite is called before every write and reports whether the connection must be
@@ -145,9 +182,14 @@ func (ch *connHealth) read(n int, err error, closed bool) error {
 func (ch *connHealth) beforeWrite() bool {
 	now := ch.h.clock.now()
 	if ch.armed.CompareAndSwap(true, false) {
-		if idle := time.Duration(ch.idleFor.Load()); idle >= peekAfter && ch.closedByPeer() {
-			ch.learn(idle)
-			return true
+		if idle := time.Duration(ch.idleFor.Load()); idle >= peekAfter {
+			if ch.closedByPeer() {
+				ch.serverClosed(idle)
+				return true
+			}
+			if ch.peer != nil {
+				ch.peer.open(idle, now)
+			}
 		}
 		ch.reqStart.Store(ch.written.Load())
 		ch.reqAt.Store(now)
@@ -162,21 +204,29 @@ func (ch *connHealth) beforeWrite() bool {
 // wrote notes n bytes written.
 func (ch *connHealth) wrote(n int64) { ch.written.Add(n) }
 
-// dead reports whether net/http is closing an HTTP/2 connection whose peer stopped answering:
-// a write unanswered for nearly HTTP2PingTimeout (tls.Conn's Close writes an alert first, so
-// what counts is the first write since the peer last sent data).
-func (ch *connHealth) dead() bool {
-	if ch.h.deadAt <= 0 || ch.proto.Load() != protoH2 {
-		return false
+// closing is told that net/http closes the connection, and returns whether it is dead: an
+// HTTP/2 connection whose peer stopped answering, a write unanswered for nearly
+// HTTP2PingTimeout (tls.Conn's Close writes an alert first, so what counts is the first write
+// since the peer last sent data). An idle HTTP/1.1 connection over TLS closed right after data
+// came unasked was closed by its server (close_notify), which the peer learns.
+func (ch *connHealth) closing() bool {
+	now := ch.h.clock.now()
+	switch ch.proto.Load() {
+	case protoH2:
+		lr, fu := ch.lastRead.Load(), ch.unanswered.Load()
+		return ch.h.deadAt > 0 && fu > lr && now-fu >= int64(ch.h.deadAt)
+	case protoH1:
+		if idle := ch.unasked.Load(); idle > 0 && ch.tls.Load() && now-ch.lastRead.Load() < int64(learnMin) {
+			ch.serverClosed(time.Duration(idle))
+		}
 	}
-	lr, fu := ch.lastRead.Load(), ch.unanswered.Load()
-	return fu > lr && ch.h.clock.now()-fu >= int64(ch.h.deadAt)
+	return false
 }
 
-// learn teaches the connection's address that its server closed a connection that had been
+// serverClosed tells the address's peer that its server closed a connection that had been
 // idle in the pool for d.
-func (ch *connHealth) learn(d time.Duration) {
+func (ch *connHealth) serverClosed(d time.Duration) {
 	if ch.peer != nil {
-		ch.peer.learnObserved(d, ch.h.clock.now())
+		ch.peer.closed(d, ch.h.clock.now())
 	}
 }

@@ -36,23 +36,23 @@ func newObservers(list []Observer, stats *Stats, conns *connSet) *observers {
 // obsReq is the observation of one request: its event, and the trace that tells which
 // connection it got.
 type obsReq struct {
-	s      *observers
-	ev     RequestEvent
-	start  time.Time
-	trace  httptrace.ClientTrace
-	conn   *conn // the connection of the owned transport the request holds; nil if none
-	health bool  // the request's connection is checked by health (connSet.gotConn)
-	got    bool  // GotConn came: the request no longer waits
+	s          *observers
+	ev         RequestEvent
+	start      time.Time
+	trace      httptrace.ClientTrace
+	conn       *conn // the connection of the owned transport the request holds; nil if none
+	rewindable bool  // net/http can send the request again on another connection
+	got        bool  // GotConn came: the request no longer waits
 }
 
 // begin starts observing a request just admitted, returning the observation, whose trace the
-// request carries. With no observers it returns nil. health says whether the request is one
-// whose connection health checks: the observation's trace then runs health's hook too.
-func (s *observers) begin(req *http.Request, upstream string, health bool) *obsReq {
+// request carries: it runs the connections' hook (connSet.gotConn) first. With no observers
+// it returns nil. rewindable says whether net/http can send the request again.
+func (s *observers) begin(req *http.Request, upstream string, rewindable bool) *obsReq {
 	if s == nil {
 		return nil
 	}
-	r := &obsReq{s: s, start: time.Now(), health: health}
+	r := &obsReq{s: s, start: time.Now(), rewindable: rewindable}
 	u := req.URL
 	r.ev.Method, r.ev.Scheme, r.ev.Host, r.ev.Upstream = req.Method, u.Scheme, u.Hostname(), upstream
 	if r.ev.Method == "" {
@@ -70,9 +70,7 @@ func (s *observers) begin(req *http.Request, upstream string, health bool) *obsR
 // gotConn is the request's httptrace hook: it notes the connection the request got. net/http
 // calls it on the request's goroutine, again if it sends the request on another connection.
 func (r *obsReq) gotConn(info httptrace.GotConnInfo) {
-	if r.health {
-		r.s.conns.gotConn(info) // first: it may retire the connection
-	}
+	r.s.conns.gotConn(info, r.rewindable) // first: it may retire the connection
 	if !r.got {
 		r.got = true
 		r.s.stats.states.waiting.Add(-1)

@@ -101,8 +101,10 @@ const (
 	ErrorOther ErrorClass = "other"
 )
 
-// ConnEvent describes a change of one connection of the owned transport. Taken together, the
-// events let an observer count connections by state: ConnOpened adds an idle one, ConnActive
+// ConnEvent describes a change of one connection of the owned transport. A connection is
+// told once it can carry HTTP: when a request first takes it, or when a pre-warmed one's TLS
+// handshake is done; one whose handshake fails is never told. Taken together, the events let
+// an observer count connections by state: ConnOpened adds an idle one, ConnActive
 // moves one from idle to active, ConnIdle back, and ConnClosed removes one that was active if
 // WasActive is set, else an idle one. Events of one connection may reach an observer out of
 // order when they race (a close while a request finishes), but the counts always add up.
@@ -124,6 +126,11 @@ type ConnEvent struct {
 
 	// WasActive reports whether the connection was carrying a request when it closed.
 	WasActive bool
+
+	// TLS reports, for ConnOpened, whether the connection carries TLS; TLSResumed whether its
+	// handshake resumed a session (an abbreviated handshake, see Config.TLSSessionCacheSize)
+	// rather than a full one.
+	TLS, TLSResumed bool
 }
 
 // ConnEventKind is what happened to a connection.
@@ -131,7 +138,7 @@ type ConnEventKind int
 
 // The kinds of ConnEvent.
 const (
-	ConnOpened ConnEventKind = iota + 1 // dialled and added to the pool; idle until a request takes it
+	ConnOpened ConnEventKind = iota + 1 // dialled (and past its TLS handshake); told as a request takes it, or when pre-warmed
 	ConnActive                          // it carries a request now (HTTP/2: at least one stream)
 	ConnIdle                            // it carries none
 	ConnClosed                          // closed

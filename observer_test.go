@@ -137,8 +137,10 @@ func TestObserverSeesRequestsAndConnections(t *testing.T) {
 	if started != total || finished != total || s.Requests != total {
 		t.Fatalf("started %d, finished %d, Stats.Requests %d; want %d each", started, finished, s.Requests, total)
 	}
-	if int64(opened) != s.ConnsOpened || int64(idle) != s.ConnsOpen || active != 0 {
-		t.Errorf("events: %d opened, %d idle, %d active; Stats: %d opened, %d open; want them equal and none active",
+	// A connection is told once a request takes it: net/http may also pool one it dialled for
+	// a request that took a freed one meanwhile, which Stats counts and no event tells yet.
+	if opened == 0 || int64(opened) > s.ConnsOpened || idle != opened || active != 0 {
+		t.Errorf("events: %d opened, %d idle, %d active; Stats: %d opened, %d open; want at most Stats' opened, all idle",
 			opened, idle, active, s.ConnsOpened, s.ConnsOpen)
 	}
 	if s.ConnsIdle != s.ConnsOpen || s.ConnsInUse != 0 || s.Waiting != 0 {

@@ -22,6 +22,7 @@ type prewarmDial struct {
 	stop    <-chan struct{}    // the start context's end
 	done    chan error         // the first outcome: the dial's (the handshake's for https), or the request's
 	tls     bool               // the handshake's outcome is the one that counts
+	conn    *conn              // the connection dialled, set before the handshake
 }
 
 // began is called by connSet.wrap when the dial of a pre-warming request begins: it cancels
@@ -71,10 +72,15 @@ func (o *owner) prewarm(ctx context.Context, base *url.URL, n int) error {
 		dials[i] = p
 		if p.tls {
 			rctx = httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
-				TLSHandshakeDone: func(_ tls.ConnectionState, err error) { p.report(err) },
+				TLSHandshakeDone: func(cs tls.ConnectionState, err error) {
+					if c := p.conn; err == nil && c != nil {
+						o.conns.announce(c, &cs) // ready: a connection like any other
+					}
+					p.report(err)
+				},
 			})
 		}
-		req, err := http.NewRequestWithContext(context.WithValue(rctx, dialHookKey{}, &dialHook{began: p.began, ended: p.report, tls: p.tls}), http.MethodHead, base.String(), nil)
+		req, err := http.NewRequestWithContext(context.WithValue(rctx, dialHookKey{}, &dialHook{began: p.began, ended: p.report, conn: func(c *conn) { p.conn = c }, tls: p.tls}), http.MethodHead, base.String(), nil)
 		if err != nil {
 			cancel()
 			for _, d := range dials[:i] {

@@ -77,17 +77,22 @@ func (o *owner) begin(req *http.Request, up *sender) (*request, *http.Request, e
 	} else {
 		r.ctx, r.cancel = context.WithCancel(r.parent) // stop can still cut it
 	}
+	// The trace that tells which connection the request got: the observation's, or the
+	// connections' own, if the transport is the owned one.
 	ctx := r.ctx
-	health := o.conns.health != nil && rewindable(req) // net/http resends only those
-	if o.obs != nil {
+	again := rewindable(req) // net/http sends only those again on another connection
+	switch {
+	case o.obs != nil:
 		name := ""
 		if up != nil {
 			name = up.name
 		}
-		r.obs = o.obs.begin(req, name, health)
+		r.obs = o.obs.begin(req, name, again)
 		ctx = withTrace(ctx, &r.obs.trace, false)
-	} else if health {
-		ctx = withTrace(ctx, &o.conns.trace, true)
+	case o.health != nil && again:
+		ctx = withTrace(ctx, &o.conns.traceRewindable, true)
+	case o.health != nil:
+		ctx = withTrace(ctx, &o.conns.traceOnce, true)
 	}
 	send := req.WithContext(ctx)
 	if ua := o.cfg.UserAgent; ua != "" {

@@ -39,6 +39,8 @@ type Stats struct {
 	cut      atomic.Int64
 
 	closeIdleIgnored atomic.Int64
+	handshakesFull   atomic.Int64
+	handshakesResume atomic.Int64
 	replayed         atomic.Int64
 	retiredIdle      atomic.Int64
 	retiredLifetime  atomic.Int64
@@ -69,6 +71,12 @@ type Snapshot struct {
 	// CloseIdleIgnored counts CloseIdleConnections calls on clients httpfx built, which do
 	// not empty the shared pool (see CloseIdleConnections, the function).
 	CloseIdleIgnored int64
+
+	// HandshakesFull and HandshakesResumed count the TLS handshakes of the connections
+	// httpfx's clients used (counted when a request first takes the connection, or when a
+	// pre-warmed one is ready): full ones, and those that resumed a session from the client
+	// session cache (Config.TLSSessionCacheSize), which skip the certificate exchange.
+	HandshakesFull, HandshakesResumed int64
 
 	// Replayed counts requests sent again because they provably never reached the server:
 	// those httpfx stopped before they wrote a byte to the connection they had taken (net/http
@@ -136,8 +144,10 @@ func (s *Stats) Snapshot() Snapshot {
 		ConnsOpen:   s.open.Load(),
 		Cut:         s.cut.Load(),
 
-		CloseIdleIgnored: s.closeIdleIgnored.Load(),
-		Replayed:         s.replayed.Load(),
+		CloseIdleIgnored:  s.closeIdleIgnored.Load(),
+		HandshakesFull:    s.handshakesFull.Load(),
+		HandshakesResumed: s.handshakesResume.Load(),
+		Replayed:          s.replayed.Load(),
 		ConnsRetired: map[string]int64{
 			RetiredIdle:         s.retiredIdle.Load(),
 			RetiredLifetime:     s.retiredLifetime.Load(),
@@ -159,6 +169,15 @@ func (s Snapshot) ReuseRatio() float64 {
 		return 0
 	}
 	return 1 - float64(s.ConnsOpened)/float64(s.Requests)
+}
+
+// handshake counts a TLS handshake of a connection httpfx's clients used.
+func (s *Stats) handshake(resumed bool) {
+	if resumed {
+		s.handshakesResume.Add(1)
+	} else {
+		s.handshakesFull.Add(1)
+	}
 }
 
 // retired counts a connection retired for reason, one of the Retired constants.
