@@ -1,7 +1,7 @@
 // Command bench compares httpfx's zero-config client with other common ways of building a Go
 // HTTP client, against a loopback server that runs in a separate process.
 //
-//	go run .              # full run: every part, writes results/ (report, chart, README text)
+//	go run .              # full run: every part, writes results/ (report, chart) and ../docs/performance.md
 //	go run . -quick       # a smoke run of every part with small counts, under a minute
 //	go run . -parts warm  # the steady-state part alone
 //
@@ -19,7 +19,8 @@
 //
 // Every part measures the A/A control raw-tuned-b, a second raw-tuned, beside raw-tuned: the
 // spread of its ratio is the noise of the run, and a ratio whose interval overlaps the A/A's
-// is within noise. See README.md for what each column means.
+// is within noise. See README.md for what each column means, and ../docs/performance.md for
+// the page a full run writes.
 package main
 
 import (
@@ -70,7 +71,7 @@ type plan struct {
 	parts partSet
 	seed  uint64 // of the shuffled orders
 	modes []mode
-	// complete is set when no flag narrowed the run: only then is the README text written.
+	// complete is set when no flag narrowed the run: only then is the performance page written.
 	complete bool
 	start    startPlan
 	warm     warmPlan
@@ -156,7 +157,8 @@ func main() {
 		os.Exit(serveMain())
 	}
 	quick := flag.Bool("quick", false, "every variant part with small counts (under a minute); writes to results/quick unless -out is given")
-	out := flag.String("out", "", "directory for report.md, chart.svg and README-performance.md (default results, or results/quick with -quick)")
+	out := flag.String("out", "", "directory for report.md and chart.svg (default results, or results/quick with -quick)")
+	page := flag.String("page", "", "file a complete run writes the performance page to (default ../docs/performance.md; with -quick or -out, performance.md in the output directory)")
 	parts := flag.String("parts", "", "comma-separated parts to run: start, warm, cells, inpkg (default all; -quick: all but inpkg)")
 	seed := flag.Uint64("seed", 0, "seed of the shuffled orders (0 keeps the plan's)")
 	rounds := flag.Int("rounds", 0, "cells: override the number of rounds (0 keeps the plan's)")
@@ -179,6 +181,13 @@ func main() {
 	if *out != "" {
 		dir = *out
 	}
+	pagePath := filepath.Join("..", "docs", "performance.md")
+	if *quick || *out != "" {
+		pagePath = filepath.Join(dir, "performance.md") // a trial run leaves the docs alone
+	}
+	if *page != "" {
+		pagePath = *page
+	}
 	if *seed != 0 {
 		p.seed = *seed
 	}
@@ -196,7 +205,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, p, dir); err != nil {
+	if err := run(ctx, p, dir, pagePath); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		stop()
 		os.Exit(1)
@@ -204,9 +213,9 @@ func main() {
 }
 
 // run starts the server process, measures the parts of p in order (start, warm, cells,
-// inpkg), and writes the report, the chart and (for a complete run) the README text to
-// outDir. The server process is stopped on every path.
-func run(ctx context.Context, p plan, outDir string) (err error) {
+// inpkg), and writes the report and the chart to outDir and, for a complete run, the
+// performance page to page. The server process is stopped on every path.
+func run(ctx context.Context, p plan, outDir, page string) (err error) {
 	began := time.Now()
 	ch, err := startChild(10 * time.Second)
 	if err != nil {
@@ -255,7 +264,7 @@ func run(ctx context.Context, p plan, outDir string) (err error) {
 		rep.took[3] = time.Since(t0)
 	}
 	rep.wall = time.Since(began)
-	return rep.write(outDir)
+	return rep.write(outDir, page)
 }
 
 // runCellsPart measures every cell of p.cells for p.cells.rounds rounds, fewer if the next

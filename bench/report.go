@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,7 +11,7 @@ import (
 	"time"
 )
 
-// report is a finished run, ready to be written as markdown, SVG and the README text. A
+// report is a finished run, ready to be written as markdown, SVG and the performance page. A
 // part that did not run has its zero value.
 type report struct {
 	plan    plan
@@ -24,41 +25,80 @@ type report struct {
 	inpkg   inpkgResult
 }
 
-// write writes report.md (also to stdout), chart.svg (if the cells part ran) and, for a
-// complete run, README-performance.md to outDir.
-func (r *report) write(outDir string) error {
+// write writes report.md (also to stdout) and chart.svg (if the cells part ran) to outDir and,
+// for a complete run, the performance page to page (see pagePath).
+func (r *report) write(outDir, page string) error {
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", outDir, err)
 	}
+	links, err := linksFrom(page, outDir)
+	if err != nil {
+		return err
+	}
 	files := []struct {
-		name string
+		path string
 		ok   bool
 		text func() string
 	}{
-		{"report.md", true, r.markdown},
-		{"chart.svg", r.plan.parts.has(partCells), r.chart},
-		{"README-performance.md", r.plan.complete, r.readme},
+		{filepath.Join(outDir, "report.md"), true, r.markdown},
+		{filepath.Join(outDir, "chart.svg"), r.plan.parts.has(partCells), r.chart},
+		{page, r.plan.complete, func() string { return r.page(links) }},
 	}
 	var wrote []string
-	for _, f := range files {
+	for i, f := range files {
 		if !f.ok {
 			continue
 		}
 		text := f.text()
-		path := filepath.Join(outDir, f.name)
-		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
+		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", filepath.Dir(f.path), err)
 		}
-		if f.name == "report.md" {
+		if err := os.WriteFile(f.path, []byte(text), 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", f.path, err)
+		}
+		if i == 0 {
 			fmt.Print(text)
 		}
-		wrote = append(wrote, path)
+		wrote = append(wrote, f.path)
 	}
 	fmt.Fprintf(os.Stderr, "bench: wrote %s in %v\n", strings.Join(wrote, ", "), r.wall.Round(time.Second))
 	if !r.plan.complete {
-		fmt.Fprintln(os.Stderr, "bench: a narrowed run (-parts, -modes, -variants, -concs or -delays): README-performance.md not written")
+		fmt.Fprintf(os.Stderr, "bench: a narrowed run (-parts, -modes, -variants, -concs or -delays): %s not written\n", page)
 	}
 	return nil
+}
+
+// pageLinks are the paths, relative to the performance page, of what it links to.
+type pageLinks struct {
+	bench  string // bench/README.md
+	report string // the report of the run
+	chart  string // its chart
+}
+
+// linksFrom returns the links of a page written to page, for a run whose report and chart are
+// in outDir. Paths are relative to the working directory, which is bench/.
+func linksFrom(page, outDir string) (pageLinks, error) {
+	rel := func(target string) (string, error) {
+		from, err := filepath.Abs(filepath.Dir(page))
+		if err != nil {
+			return "", err
+		}
+		to, err := filepath.Abs(target)
+		if err != nil {
+			return "", err
+		}
+		p, err := filepath.Rel(from, to)
+		return filepath.ToSlash(p), err
+	}
+	var l pageLinks
+	var errs [3]error
+	l.bench, errs[0] = rel("README.md")
+	l.report, errs[1] = rel(filepath.Join(outDir, "report.md"))
+	l.chart, errs[2] = rel(filepath.Join(outDir, "chart.svg"))
+	if err := errors.Join(errs[:]...); err != nil {
+		return pageLinks{}, fmt.Errorf("links of the performance page %s: %w", page, err)
+	}
+	return l, nil
 }
 
 // markdown renders the whole report.

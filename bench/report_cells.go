@@ -137,13 +137,11 @@ func (c cellsData) best(m mode, delay time.Duration, conc int) (rps, p99 string)
 }
 
 // writeCells writes the cells part: the ratios to raw-tuned, the bar check and, in the full
-// report, every measurement. full selects the report's form (intervals everywhere, level-2
-// headings) over the README's (ratios with marks, the A/A interval beside them).
+// report, every measurement. full selects the report's form (intervals everywhere) over the
+// performance page's (ratios with marks, the A/A interval beside them).
 func (r *report) writeCells(b *strings.Builder, full bool) {
 	cp := r.cells.plan
-	h := "###"
 	if full {
-		h = "##"
 		fmt.Fprintf(b, "## Cold cells\n\n"+
 			"Each cell builds a new client, runs its callers over max(%d, %d×concurrency) requests (at most %d; none "+
 			"started after %v), and closes it. %d round(s); within a round every configuration runs its variants in a "+
@@ -152,8 +150,8 @@ func (r *report) writeCells(b *strings.Builder, full bool) {
 			cp.minN, cp.perConc, cp.maxN, cp.timeCap, cp.rounds, 100*cp.noisyCPU, cp.maxRetries, cp.retryBudget, r.retries,
 			strings.Join(modeNames(r.plan.modes), ", "), cp.delays, cp.concs)
 	}
-	r.writeCellRatios(b, h, full)
-	r.writeBar(b, h)
+	r.writeCellRatios(b, full)
+	r.writeBar(b)
 	if full {
 		r.writeCellDetails(b)
 	}
@@ -161,10 +159,10 @@ func (r *report) writeCells(b *strings.Builder, full bool) {
 
 // writeCellRatios writes req/s of every variant relative to the baseline, with the A/A
 // control's ratio and interval in each row.
-func (r *report) writeCellRatios(b *strings.Builder, h string, full bool) {
+func (r *report) writeCellRatios(b *strings.Builder, full bool) {
 	cp := r.cells.plan
 	others := compared(cp.variants)
-	fmt.Fprintf(b, "%s Cold cells: requests/s relative to %s\n\n", h, baseline)
+	fmt.Fprintf(b, "## Cold cells: requests/s relative to %s\n\n", baseline)
 	b.WriteString("| mode | delay | conc | " + baseline + " req/s | A/A: " + control + " |")
 	for _, v := range others {
 		fmt.Fprintf(b, " %s |", v.name)
@@ -194,15 +192,14 @@ func (r *report) writeCellRatios(b *strings.Builder, h string, full bool) {
 
 // barRow is httpfx's bar check in one cell configuration.
 type barRow struct {
-	m                  mode
-	delay              time.Duration
-	conc               int
-	a                  agg
-	bestRPS, bestP99   string
-	rps, p99           estimate // httpfx over the best, paired by round
-	aaRPS, aaP99       estimate // the A/A's
-	miss, noisy        []string // misses beyond the A/A noise; misses within it
-	connsColdStartOnly bool
+	m                mode
+	delay            time.Duration
+	conc             int
+	a                agg
+	bestRPS, bestP99 string
+	rps, p99         estimate // httpfx over the best, paired by round
+	aaRPS, aaP99     estimate // the A/A's
+	miss, noisy      []string // misses beyond the A/A noise; misses within it
 }
 
 // met reports whether the row meets the bar, counting misses within noise as met if lenient,
@@ -266,13 +263,13 @@ func (r *report) barRows() []barRow {
 }
 
 // writeBar writes the bar check, each ratio beside the A/A's interval.
-func (r *report) writeBar(b *strings.Builder, h string) {
+func (r *report) writeBar(b *strings.Builder) {
 	cp := r.cells.plan
 	var shares []string
 	for _, c := range cp.concs {
 		shares = append(shares, fmt.Sprintf("%.4f at %d", float64(c)/float64(cp.requests(c)), c))
 	}
-	fmt.Fprintf(b, "%s The bar, cell by cell: httpfx zero-config\n\n"+
+	fmt.Fprintf(b, "## The bar, cell by cell: httpfx zero-config\n\n"+
 		"Met when req/s ≥ %.2f× the best variant's, p99 ≤ %.2f× the best (lowest) p99, new connections per request ≤ %.2f "+
 		"(cells with concurrency ≤ %d) and no errors. \"Best\" is over the compared variants (prototypes and the A/A control "+
 		"excluded), httpfx included; the ratios are paired by round. A req/s or p99 miss is **within noise** when its "+
@@ -280,7 +277,7 @@ func (r *report) writeBar(b *strings.Builder, h string) {
 		"differ as much. Every cell starts cold, so a pooled client must open up to one connection per caller: with "+
 		"these request counts that alone is concurrency ÷ requests = %s conns/req; \"beyond 1/caller\" counts only "+
 		"connections beyond it, and \"cold start only\" marks a connection miss for that reason alone.\n\n",
-		h, barRPS, barP99, barConns, barPoolSize, strings.Join(shares, ", "))
+		barRPS, barP99, barConns, barPoolSize, strings.Join(shares, ", "))
 	b.WriteString("| mode | delay | conc | best req/s: httpfx ÷ it | A/A req/s | best p99: httpfx ÷ it | A/A p99 | conns/req | beyond 1/caller | errors | met |\n")
 	b.WriteString("|---|---|--:|---|--:|---|--:|--:|--:|--:|---|\n")
 	rows := r.barRows()

@@ -48,7 +48,7 @@ func (res inpkgResult) extraAllocs(g, v string) float64 {
 	return median(res.column(g+"/"+v, inpkgAllocs)) - median(res.column(g+"/"+inpkgBase, inpkgAllocs))
 }
 
-// writeInpkgTable writes the in-package table alone (also used by the README text).
+// writeInpkgTable writes the in-package table alone (also used by the performance page).
 func (r *report) writeInpkgTable(b *strings.Builder) {
 	res := r.inpkg
 	groups, vs := res.groups()

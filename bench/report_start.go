@@ -26,7 +26,7 @@ func (r *report) startConfigs() []startConfig {
 	return cs
 }
 
-// httpfxVariants are the variants of vs whose p99 ratio the README shows: httpfx's own.
+// httpfxVariants are the variants of vs whose p99 ratio the performance page shows: httpfx's own.
 func httpfxVariants(vs []variant) []variant {
 	var out []variant
 	for _, v := range vs {
@@ -38,12 +38,10 @@ func httpfxVariants(vs []variant) []variant {
 }
 
 // writeStart writes the start part. full selects the report's form (every measurement per
-// configuration) over the README's (one row per configuration).
+// configuration) over the performance page's (one row per configuration).
 func (r *report) writeStart(b *strings.Builder, full bool) {
 	sp := r.plan.start
-	h := "###"
 	if full {
-		h = "##"
 		fmt.Fprintf(b, "## Cold start: the first burst\n\n"+
 			"A new client, its start step if it has one (an fx app's start: what a variant prepares before traffic, "+
 			"such as connections, is timed in \"start\"), then one burst: all callers released at once, one request "+
@@ -52,7 +50,7 @@ func (r *report) writeStart(b *strings.Builder, full bool) {
 			"what the server accepted from the client's build to the end of the burst.\n\n", sp.reps)
 	}
 	fx := httpfxVariants(sp.variants)
-	fmt.Fprintf(b, "%s Cold start: first-burst p50 / p99 latency (ms) · connections per caller\n\n", h)
+	b.WriteString("## Cold start: first-burst p50 / p99 latency (ms) · connections per caller\n\n")
 	b.WriteString("| mode | delay | callers |")
 	for _, v := range sp.variants {
 		fmt.Fprintf(b, " %s |", v.name)

@@ -8,12 +8,10 @@ import (
 )
 
 // writeWarm writes the steady-state part. full selects the report's form (intervals for
-// every ratio, every variant's measurements per group) over the README's.
+// every ratio, every variant's measurements per group) over the performance page's.
 func (r *report) writeWarm(b *strings.Builder, full bool) {
 	wp := r.plan.warm
-	h := "###"
 	if full {
-		h = "##"
 		fmt.Fprintf(b, "## Steady state (warm clients)\n\n"+
 			"Per mode and number of callers (a group), up to %d epochs (none started after %v): every variant is built, "+
 			"started and warmed with max(%d, 4×callers) requests, then %d blocks run (none started after %v), each one "+
@@ -23,7 +21,7 @@ func (r *report) writeWarm(b *strings.Builder, full bool) {
 			wp.epochs, wp.groupCap, wp.warmN, wp.blocks, wp.groupCap, wp.segN, wp.segCap)
 	}
 	others := compared(wp.variants)
-	fmt.Fprintf(b, "%s Steady state: requests/s relative to %s\n\n", h, baseline)
+	fmt.Fprintf(b, "## Steady state: requests/s relative to %s\n\n", baseline)
 	b.WriteString("| mode | callers | epochs / blocks | " + baseline + " req/s | A/A: " + control + " |")
 	for _, v := range others {
 		fmt.Fprintf(b, " %s |", v.name)
@@ -65,7 +63,7 @@ func (r *report) writeWarm(b *strings.Builder, full bool) {
 	b.WriteString("\n")
 
 	cost := costVariants(wp.variants)
-	fmt.Fprintf(b, "%s Steady state: cost per request against %s\n\n", h, baseline)
+	fmt.Fprintf(b, "## Steady state: cost per request against %s\n\n", baseline)
 	b.WriteString("| mode | callers | " + baseline + " allocs/req |")
 	for _, v := range cost {
 		fmt.Fprintf(b, " %s Δ allocs/req |", v)

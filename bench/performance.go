@@ -8,18 +8,18 @@ import (
 	"time"
 )
 
-// readme renders the text of the top-level README's "## Performance" section from this run:
-// what was measured, the commands, how to read the figures, what this run shows (sentences
-// computed from the data) and the tables, each with the A/A control beside it. Links are
-// relative to the repository root.
-func (r *report) readme() string {
+// page renders the performance page (docs/performance.md for a full run) from this run: what
+// was measured, the commands, how to read the figures, what this run shows (sentences computed
+// from the data) and the tables, each with the A/A control beside it. links holds the paths,
+// relative to the page, of bench/README.md, the report and the chart.
+func (r *report) page(links pageLinks) string {
 	var b strings.Builder
 	p := r.plan
-	b.WriteString("## Performance\n\n")
-	b.WriteString("Measured with the bench program in [`bench/`](bench/README.md), its own Go module (it compares " +
-		"against `github.com/hashicorp/go-cleanhttp`, which the library must not depend on). A loopback server runs in " +
-		"a separate process in three modes (plain HTTP/1.1; TLS offering HTTP/2; TLS offering HTTP/1.1 only), with no " +
-		"delay and with 5 ms per request standing in for a real upstream. The clients:\n\n")
+	b.WriteString("# Performance\n\n")
+	fmt.Fprintf(&b, "Measured with the bench program in [`bench/`](%s), its own Go module (it compares "+
+		"against `github.com/hashicorp/go-cleanhttp`, which the library must not depend on). A loopback server runs in "+
+		"a separate process in three modes (plain HTTP/1.1; TLS offering HTTP/2; TLS offering HTTP/1.1 only), with no "+
+		"delay and with 5 ms per request standing in for a real upstream. The clients:\n\n", links.bench)
 	for _, v := range allVariants() {
 		if r.measured(v.name) && !v.extra {
 			fmt.Fprintf(&b, "- **%s**: %s;\n", v.name, v.desc)
@@ -27,15 +27,15 @@ func (r *report) readme() string {
 	}
 	b.WriteString("\nTo reproduce:\n\n```sh\n" +
 		"cd bench && go run . -quick         # under a minute: every part, small counts (writes bench/results/quick/)\n" +
-		fmt.Sprintf("cd bench && go run .                # %s: the run below; rewrites bench/results/, this text included\n", about(r.wall)) +
+		fmt.Sprintf("cd bench && go run .                # %s: the run below; rewrites bench/results/ and this page\n", about(r.wall)) +
 		"cd bench && go run . -parts warm    # the steady state alone (-blocks 60 for more blocks)\n" +
 		"go test -bench . -benchmem -run '^$' .   # the in-package benchmarks\n```\n\n")
 	fmt.Fprintf(&b, "The %s run below: %s, a shared machine, client and server on the same cores. %s. "+
-		"[The report](bench/results/report.md) has every measurement (p50/p99, connections, allocations and CPU per "+
+		"[The report](%s) has every measurement (p50/p99, connections, allocations and CPU per "+
 		"request, TIME_WAIT, errors, and how busy other processes kept the machine); "+
-		"`bench/results/README-performance.md` is this text, written by the same run.\n\n", p.name, r.machine(), r.timing())
+		"this page is written by the same run.\n\n", p.name, r.machine(), r.timing(), links.report)
 
-	b.WriteString("### How to read it\n\n" +
+	b.WriteString("## How to read it\n\n" +
 		"- **Noise is measured, not assumed.** Client and server share the machine's cores, and other processes may " +
 		"use them too: two identical clients measured one after the other can differ by more than the differences " +
 		"of interest. Every part therefore runs the **A/A control** `raw-tuned-b`, a second `raw-tuned` built the " +
@@ -49,7 +49,7 @@ func (r *report) readme() string {
 		"client and one burst of concurrent first requests) is what the first traffic after a deploy sees; the **cold " +
 		"cells** mix both, a new client per cell, as a user trying clients out would.\n\n")
 
-	b.WriteString("### What this run shows\n\n")
+	b.WriteString("## What this run shows\n\n")
 	for _, s := range r.findings() {
 		b.WriteString("- " + s + "\n")
 	}
@@ -61,17 +61,17 @@ func (r *report) readme() string {
 		r.writeStart(&b, false)
 	}
 	if p.parts.has(partCells) {
-		b.WriteString("![requests/s and p99 against concurrency, one line per client, per mode](bench/results/chart.svg)\n\n")
+		fmt.Fprintf(&b, "![requests/s and p99 against concurrency, one line per client, per mode](%s)\n\n", links.chart)
 		r.writeCells(&b, false)
 	}
 	if p.parts.has(partInpkg) && r.inpkg.skipped == "" {
-		b.WriteString("### In-package benchmarks\n\n")
+		b.WriteString("## In-package benchmarks\n\n")
 		r.writeInpkgTable(&b)
 	}
 	return b.String()
 }
 
-// findings are the sentences of "What this run shows", computed from the data.
+// findings are the sentences of the page's "What this run shows", computed from the data.
 func (r *report) findings() []string {
 	var out []string
 	if r.plan.parts.has(partWarm) && len(r.warm) > 0 {
