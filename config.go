@@ -23,11 +23,11 @@ type Config struct {
 	// Timeout bounds a whole request through the shared client, from admission until the
 	// response body is read or closed, as http.Client.Timeout does, but for each request of a
 	// redirect chain on its own (bound a chain with a deadline on the request's context), and
-	// not for a 101 Switching Protocols stream after the upgrade. A Timeout of zero means no
-	// timeout. Default 30s: generous for RPC-style calls, still a bound; streaming or large
-	// downloads should raise it (a request's own context can only shorten it). httpfx's
-	// clients enforce it without a timer per request: a request fails within a sixty-fourth of
-	// the shortest timeout (at least 1ms, at most 50ms) after its deadline.
+	// not for a 101 Switching Protocols stream after the upgrade. It is a deadline on the
+	// request's own context, made only when the caller's context has no earlier one. A
+	// Timeout of zero means no timeout. Default 30s: generous for RPC-style calls, still a
+	// bound; streaming or large downloads should raise it (a request's own context can only
+	// shorten it).
 	Timeout time.Duration `yaml:"timeout" json:"timeout"`
 
 	// DialTimeout bounds establishing one TCP connection. A DialTimeout of zero means no
@@ -44,15 +44,12 @@ type Config struct {
 	// http.DefaultTransport.
 	TLSHandshakeTimeout time.Duration `yaml:"tls_handshake_timeout" json:"tls_handshake_timeout"`
 
-	// ResponseHeaderTimeout bounds the wait for the response headers: for a request without a
-	// body from when httpfx hands it to the transport (after an upstream's MaxConnsPerHost
-	// wait), for one with a body from the end of its write; the time spent dialling a
-	// connection for it (DNS and TCP) does not count, a TLS handshake and a wait at the
-	// transport's MaxConnsPerHost do. Zero
-	// means no timeout. Default 10s (http.DefaultTransport has none): a stuck upstream then
-	// fails before the overall Timeout, with an error that says which phase hung. httpfx's
-	// clients enforce it as they do Timeout; it is not set on the *http.Transport, whose
-	// timer per request it replaces, so a client built directly over that transport has none.
+	// ResponseHeaderTimeout bounds the wait for the response headers, from the end of writing
+	// the request (its body included), as net/http's Transport.ResponseHeaderTimeout, which it
+	// sets: the dial, the TLS handshake and a slow upload do not count. Zero means no timeout.
+	// Default 10s (http.DefaultTransport has none): a stuck upstream then fails before the
+	// overall Timeout, with an error that says which phase hung. It is set on the owned
+	// *http.Transport, so anything built on the graph's transport (a reverse proxy) has it too.
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout" json:"response_header_timeout"`
 
 	// ExpectContinueTimeout bounds the wait for a "100 Continue" after sending headers with
@@ -91,9 +88,7 @@ type Config struct {
 	DisableCompression bool `yaml:"disable_compression" json:"disable_compression"`
 
 	// DisableHTTP2 restricts the transport to HTTP/1.1. Default false: HTTP/2 is negotiated
-	// with TLS upstreams that offer it, as http.DefaultTransport does. With it, HTTPS requests
-	// cost as little as plain HTTP ones to bound (README "Deadlines"): three to five allocations
-	// fewer than HTTPS over HTTP/1.1 while HTTP/2 is on.
+	// with TLS upstreams that offer it, as http.DefaultTransport does.
 	DisableHTTP2 bool `yaml:"disable_http2" json:"disable_http2"`
 
 	// ProxyFromEnvironment sends requests through the proxy named by HTTP_PROXY, HTTPS_PROXY
@@ -156,7 +151,7 @@ type Config struct {
 	// gets its own lifetime between 90% and 100% of it, so that a pool does not reconnect all
 	// at once. A request in flight is never cut; the request that would have reused the
 	// connection goes on another. HTTP/2 connections are not retired by it (net/http offers no
-	// way to stop new streams on one of its HTTP/2 connections; see the README). Zero means no
+	// way to stop new streams on one of its HTTP/2 connections; see docs/design.md). Zero means no
 	// limit. Default 5m: a DNS change is followed within minutes by this alone (the DNS cache
 	// follows it within DNSTTL for connections to addresses that DNS drops), at the cost of one
 	// handshake per connection every few minutes.

@@ -17,12 +17,10 @@ import (
 	"go.uber.org/fx"
 )
 
-// deadlineMode is one way a request's deadlines are enforced (call.go): the fast mode (HTTP/1.1
-// straight to the transport, which cancels the request: plain HTTP, or HTTPS with HTTP/2 off),
-// the own mode (HTTPS with HTTP/1.1 or HTTP/2 straight to the transport: the call is the
-// cancellable context; to a host the cold-start gate knows or not) and the cancel mode
-// (through a wrapped round tripper, or under a caller's context that can end: a cancellable
-// context of context's own).
+// deadlineMode is one way a request reaches the transport: plain HTTP, HTTPS over HTTP/1.1 or
+// HTTP/2, through a round tripper that wraps the transport, to a host the HTTP/2 cold-start
+// gate knows or not, under a caller's context that can end or not. The deadlines must hold in
+// each.
 type deadlineMode struct {
 	name    string
 	start   func(testing.TB, http.Handler) *testutil.Server

@@ -229,8 +229,23 @@ func TestUpgradedStreamOutlivesTimeout(t *testing.T) {
 	if n := g.Stats.Snapshot().InFlight; n != 1 {
 		t.Errorf("in flight = %d while the stream is open, want 1", n)
 	}
+	// Stop waits for the stream, whose context ended with its Timeout: it is no abandoned
+	// body, and it still works meanwhile.
+	stopped := make(chan error, 1)
+	go func() { stopped <- app.Stop(context.Background()) }()
+	select {
+	case err := <-stopped:
+		t.Fatalf("stop returned (%v) while the stream was open", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	io.WriteString(stream, "while stopping\n")
+	if line, err := bufio.NewReader(stream).ReadString('\n'); err != nil || line != "echo: while stopping\n" {
+		t.Fatalf("stream while stopping: %q, %v", line, err)
+	}
 	stream.Close()
-	app.RequireStop()
+	if err := <-stopped; err != nil {
+		t.Errorf("stop: %v, want nil: the stream was closed within the drain bound", err)
+	}
 	u.RequireNoConns(t)
 }
 

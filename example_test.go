@@ -13,7 +13,7 @@ import (
 	"go.uber.org/fx"
 )
 
-// The README's snippets are these examples' bodies; TestReadmeSnippetsAreExamples keeps them
+// The README's snippets are these examples' bodies; TestReadmeSnippets keeps them
 // in step.
 
 // Add the module and take *http.Client wherever you need it.

@@ -195,7 +195,7 @@ func (o *owner) drain(ctx context.Context) error {
 	// not wait for bodies their callers abandoned.
 	o.stopping.Store(true)
 	for _, r := range o.requests.visit() {
-		if r.bodyOut.Load() {
+		if r.bodyOut.Load() && !r.stream { // a 101 stream lives until it is closed
 			r.watch()
 		}
 	}

@@ -196,7 +196,7 @@ func (r *request) respond(req *http.Request, resp *http.Response, err error) (*h
 // publish hands the body to the caller.
 func (r *request) publish() {
 	r.bodyOut.Store(true)
-	if r.o.stopping.Load() {
+	if r.o.stopping.Load() && !r.stream {
 		r.watch() // stop is draining: it must see this request end when its context does
 	}
 	if r.stream && r.cut.Load() { // stop cut it while the round trip returned
@@ -390,7 +390,7 @@ func (l *requestList) reap(i int64) {
 	s := &l.shards[i%shards]
 	s.mu.Lock()
 	for r := s.head.next; r != &s.head; r = r.next {
-		if r.bodyOut.Load() && r.ctx.Err() != nil {
+		if r.bodyOut.Load() && !r.stream && r.ctx.Err() != nil {
 			ended = append(ended, r)
 		}
 	}
