@@ -261,7 +261,7 @@ func (s *connSet) gotConn(info httptrace.GotConnInfo, rewindable bool) {
 	if c.h == nil {
 		return
 	}
-	if info.Reused && c.dns != nil {
+	if (info.Reused || info.WasIdle) && c.dns != nil {
 		s.dns.Due(c.dns)
 	}
 	proto := int32(protoUnknown) // known already but for the first request

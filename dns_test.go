@@ -221,3 +221,36 @@ func TestDualStackFallback(t *testing.T) {
 	app.RequireStop()
 	u.RequireNoConns(t)
 }
+
+// A resolver that hangs, as real outages do, never makes a request to a name it answered wait
+// for a lookup while the answer is within DNSTTL+DNSStaleTTL: every dial past DNSTTL uses the
+// last good answer at once, while the refresh waits in the background.
+func TestHangingResolverStallsNoDial(t *testing.T) {
+	u := testutil.NewServer(t, okHandler())
+	_, port, _ := net.SplitHostPort(u.Listener.Addr().String())
+	r := new(testutil.Resolver)
+	r.Set("svc.test", "127.0.0.1")
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withResolver(r),
+		withConfig(func(c *httpfx.Config) { c.DNSTTL, c.DNSStaleTTL = 200*time.Millisecond, 10*time.Second }))
+	app.RequireStart()
+	url := "http://svc.test:" + port + "/"
+	mustGet(t, g.Client, url)
+	r.Hang(true)
+	defer r.Hang(false)
+	var slowest time.Duration
+	for range 10 { // over 500ms: past 3/4 of DNSTTL, past DNSTTL, well past it
+		time.Sleep(50 * time.Millisecond)
+		httpfx.CloseIdleConnections(g.Client) // a new dial for each request
+		began := time.Now()
+		mustGet(t, g.Client, url)
+		slowest = max(slowest, time.Since(began))
+	}
+	if slowest > time.Second {
+		t.Errorf("a request waited %v while the resolver hung, want no wait for a known name", slowest)
+	}
+	if r.Calls.Load() < 2 {
+		t.Errorf("%d lookups: no refresh was tried", r.Calls.Load())
+	}
+	app.RequireStop()
+}

@@ -38,7 +38,7 @@ func TestResponseHeaderTimeoutErrorText(t *testing.T) {
 			tr := srv.Client().Transport.(*http.Transport).Clone()
 			defer tr.CloseIdleConnections()
 			tr.ForceAttemptHTTP2 = h2
-			tr.ResponseHeaderTimeout = 50 * time.Millisecond
+			tr.ResponseHeaderTimeout = time.Second
 			resp, err := tr.RoundTrip(httptest.NewRequest(http.MethodGet, srv.URL+"/ok", nil).WithContext(context.Background()))
 			if err != nil {
 				t.Fatal(err)

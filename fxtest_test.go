@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"reflect"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxtest"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -507,4 +509,40 @@ func TestNewWithoutFx(t *testing.T) {
 		}
 	})
 	u.RequireNoConns(t)
+}
+
+// Stop ends a dial still running, even with no DialTimeout and no deadline on the request
+// that asked for it: nothing of the transport's outlives stop.
+func TestStopEndsAHungDial(t *testing.T) {
+	dialing := make(chan struct{}, 1)
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g),
+		withConfig(func(c *httpfx.Config) {
+			c.DialTimeout, c.Timeout, c.DrainTimeout = 0, 0, 100*time.Millisecond
+		}),
+		fx.Decorate(func(tr *http.Transport) *http.Transport {
+			tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+				dialing <- struct{}{}
+				<-ctx.Done() // a connect that never completes
+				return nil, ctx.Err()
+			}
+			return tr
+		}))
+	app.RequireStart()
+	errs := make(chan error, 1)
+	go func() {
+		_, err := get(g.Client, "http://hang.test/")
+		errs <- err
+	}()
+	<-dialing
+	stopErr := app.Stop(context.Background())
+	if err := <-errs; !errors.Is(err, httpfx.ErrClosed) {
+		t.Errorf("the request: %v, want ErrClosed", err)
+	}
+	if stopErr == nil || !strings.Contains(stopErr.Error(), "cut 1") {
+		t.Errorf("stop: %v, want 1 cut", stopErr)
+	}
+	if err := goleak.Find(); err != nil {
+		t.Errorf("the dial outlived stop: %v", err)
+	}
 }

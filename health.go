@@ -68,11 +68,11 @@ type health struct {
 //
 // A bound is learned from closes only on evidence of an idle timer: the closes of two
 // moments at least momentWindow apart, each at about the same idle time, while no connection
-// was found open after a longer idle time (keptFor). The closes of one moment at different
+// was found open after a far longer idle time (keptFor). The closes of one moment at different
 // idle times (a restart, a drain, a load balancer letting go) teach nothing: their
 // connections are simply replaced. A learned bound is re-checked by a probe every probeEvery
-// (a connection past it is checked instead of retired): found open past it, it is dropped;
-// found closed, it is confirmed. Unconfirmed for observedFor, it expires. A bound from a
+// (a connection past it is checked instead of retired): found open well past it, it is
+// dropped; found closed, it is confirmed. Unconfirmed for observedFor, it expires. A bound from a
 // Keep-Alive header holds until another header says otherwise.
 type peer struct {
 	bound      atomic.Int64 // nanoseconds the server keeps an idle connection; zero: unknown
@@ -177,8 +177,18 @@ func (h *health) idleBounds() map[string]time.Duration {
 	return out
 }
 
-// tolerance is how far apart two idle times may be and still be the same timer's.
-func tolerance(d int64) int64 { return max(d/16, int64(5*time.Millisecond)) }
+// tolerance is how far apart the idle times of two closes may be and still be the same
+// timer's, or a connection found open past a bound still be within it: a close is seen when
+// net/http's read loop wakes up, late on a busy machine. spread is how far apart the closes of
+// one moment may be: a timer closes together the connections that went idle together, while a
+// restart closes connections idle for all sorts of times.
+func tolerance(d int64) int64 { return max(d/4, int64(10*time.Millisecond)) }
+
+func spread(d int64) int64 { return max(d/16, int64(5*time.Millisecond)) }
+
+// refuted is the idle time past which a connection found open refutes a timer at d: well past
+// it, since a server's timer fires late on a busy machine too.
+func refuted(d int64) int64 { return max(2*d, d+int64(10*time.Millisecond)) }
 
 // closed is told that the server closed a connection that had been idle for d, at now on
 // health's clock.
@@ -204,12 +214,12 @@ func (p *peer) judge(now int64) {
 	m := p.moment
 	p.moment = closeMoment{}
 	p.judging.Store(false)
-	if m.n == 0 || m.max-m.min > tolerance(m.min) {
+	if m.n == 0 || m.max-m.min > spread(m.min) {
 		return // closes at different idle times, at one moment: no timer
 	}
 	d := m.min
-	if p.kept > d+tolerance(d) && now-p.keptAt < int64(keptFor) {
-		return // a connection stayed open longer: not a timer at d
+	if p.kept > refuted(d) && now-p.keptAt < int64(keptFor) {
+		return // a connection stayed open far longer: not a timer at d
 	}
 	if b := p.bound.Load(); b != 0 && !p.fromHeader.Load() && abs(d-b) <= tolerance(b) {
 		p.learnedAt.Store(now) // confirmed
@@ -225,7 +235,7 @@ func (p *peer) judge(now int64) {
 }
 
 // open is told that a connection was found open after an idle time of d, at now: the
-// server's timer, if it has one, is longer. A learned bound shorter than d is dropped.
+// server's timer, if it has one, is longer. A learned bound that d is well past is dropped.
 func (p *peer) open(d time.Duration, now int64) {
 	if d < learnMin || p.fromHeader.Load() {
 		return
@@ -235,10 +245,10 @@ func (p *peer) open(d time.Duration, now int64) {
 	if int64(d) > p.kept || now-p.keptAt >= int64(keptFor) {
 		p.kept, p.keptAt = int64(d), now
 	}
-	if b := p.bound.Load(); b != 0 && int64(d) > b+tolerance(b) {
+	if b := p.bound.Load(); b != 0 && int64(d) > refuted(b) {
 		p.bound.Store(0) // refuted
 	}
-	if p.cand != 0 && int64(d) > p.cand+tolerance(p.cand) {
+	if p.cand != 0 && int64(d) > refuted(p.cand) {
 		p.cand = 0
 	}
 }

@@ -88,8 +88,9 @@ func (h *health) newConnHealth(addr string, c any) *connHealth {
 // for the requests before) over TLS or not, and
 // returns why it must be retired before the request writes to it, or "". rewindable says
 // whether net/http can send the request again on another connection: only then is the
-// connection retired or armed. A connection that is reused and speaks HTTP/1.1 (an HTTP/2 one
-// may carry other streams) is retired if DNS dropped its address (gone), past its lifetime, or
+// connection retired or armed. A connection taken from the idle pool (reused, or dialled for
+// another request and pooled) that speaks HTTP/1.1 (an HTTP/2 one may carry other streams) is
+// retired if DNS dropped its address (gone), past its lifetime, or
 // idle for nearly its server's idle bound (but for a probe of the bound): nothing of the
 // request has been written, so net/http sends it on another connection. Otherwise it is armed.
 func (ch *connHealth) taken(info httptrace.GotConnInfo, proto int32, tls, gone, rewindable bool) string {
@@ -97,8 +98,8 @@ func (ch *connHealth) taken(info httptrace.GotConnInfo, proto int32, tls, gone, 
 		ch.tls.Store(tls)
 		ch.proto.Store(proto)
 	}
-	if !info.Reused || !rewindable || ch.proto.Load() != protoH1 {
-		return ""
+	if !info.Reused && !info.WasIdle || !rewindable || ch.proto.Load() != protoH1 {
+		return "" // a connection dialled for this request, or one that may carry other streams
 	}
 	now := ch.h.clock.now()
 	switch {

@@ -8,12 +8,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/httpfx/httpfx/internal/dnscache"
 )
 
 func TestNoProxyMatch(t *testing.T) {
@@ -194,10 +198,12 @@ func TestUnsentProof(t *testing.T) {
 	tests := []struct {
 		name       string
 		serverRead bool // the server reads the request before it closes
+		midWrite   bool // the close is read while the armed write has not returned yet
 		want       bool
 	}{
-		{"closed before the request arrived", false, true},
-		{"read, then closed", true, false},
+		{"closed before the request arrived", false, false, true},
+		{"closed during the armed write", false, true, true},
+		{"read, then closed", true, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -239,7 +245,9 @@ func TestUnsentProof(t *testing.T) {
 				srv.Close()
 				time.Sleep(20 * time.Millisecond) // the FIN arrives first
 			}
-			if _, err := c.Write([]byte("POST")); err != nil {
+			if tt.midWrite {
+				c.h.beforeWrite() // the write has begun; net/http's read loop sees the close first
+			} else if _, err := c.Write([]byte("POST")); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(20 * time.Millisecond)
@@ -275,5 +283,139 @@ func TestNoProxyWildcardDomain(t *testing.T) {
 		if got := list.match(u); got != tt.want {
 			t.Errorf("match(%s) = %v, want %v", tt.give, got, tt.want)
 		}
+	}
+}
+
+// Connections of a transport that speaks HTTP/1.1 and unencrypted HTTP/2 are HTTP/1.1 over
+// plain TCP, as net/http decides (h2c with prior knowledge only when HTTP/1.1 is off): health
+// keeps them, here retiring one past MaxConnLifetime.
+func TestUnencryptedHTTP2BesideHTTP1IsHTTP1(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Proto) }))
+	defer srv.Close()
+	cfg := DefaultConfig()
+	cfg.MaxConnLifetime = 50 * time.Millisecond
+	o, err := newOwner(cfg, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.transport.Protocols = new(http.Protocols) // as a decorator may
+	o.transport.Protocols.SetHTTP1(true)
+	o.transport.Protocols.SetUnencryptedHTTP2(true)
+	client := o.newClient(o.transport, o.transport)
+	defer Shutdown(context.Background(), client)
+	for range 2 {
+		resp, err := client.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "HTTP/1.1" {
+			t.Fatalf("protocol %q, want HTTP/1.1", b)
+		}
+		time.Sleep(60 * time.Millisecond) // past the lifetime
+	}
+	if n := o.stats.Snapshot().ConnsRetired[RetiredLifetime]; n != 1 {
+		t.Errorf("%d connections retired past their lifetime, want 1: health is off for them", n)
+	}
+}
+
+// A connection marked gone when DNS dropped its address is kept again when the address comes
+// back before a request takes it.
+func TestGoneClearsWhenTheAddressIsBack(t *testing.T) {
+	s := newConnSet(new(Stats))
+	c := &conn{set: s, dns: &dnscache.Conn{Host: "svc.test"}, ip: netip.MustParseAddr("127.0.0.1")}
+	s.conns = map[*conn]struct{}{c: {}}
+	s.markGone("svc.test", []netip.Addr{netip.MustParseAddr("127.0.0.2")})
+	if !c.gone.Load() {
+		t.Fatal("not marked gone when its address was dropped")
+	}
+	s.markGone("svc.test", []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")})
+	if c.gone.Load() {
+		t.Error("still marked gone after its address came back")
+	}
+}
+
+// Learning the idle bound a Keep-Alive header announces takes no lock that other requests
+// hold: here the lock that adds addresses is held throughout.
+func TestKeepAliveTakesNoLock(t *testing.T) {
+	h := newHealth(DefaultConfig(), new(Stats), &clock{epoch: time.Now()})
+	h.peerFor("svc.test:80")
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.keepAlive(&url.URL{Scheme: "http", Host: "svc.test"}, "timeout=5")
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("keepAlive waits for a lock")
+	}
+	if b := h.idleBounds()["svc.test:80"]; b != 5*time.Second {
+		t.Errorf("bound %v, want 5s", b)
+	}
+}
+
+// What a peer learns from its server's closes, moment by moment: only an idle timer, never a
+// restart; and a bound found wrong by a connection kept open past it is dropped.
+func TestPeerLearnsOnlyATimer(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	type close struct {
+		at   int           // ms on health's clock
+		idle time.Duration // how long the connection had been idle
+	}
+	tests := []struct {
+		give   string
+		closes []close
+		open   []close // connections found open after an idle time, at a moment
+		want   time.Duration
+	}{
+		{give: "one close", closes: []close{{0, ms(150)}}},
+		{give: "two moments agree", closes: []close{{0, ms(150)}, {500, ms(152)}}, want: ms(150)},
+		{give: "a restart: one moment, idle times apart", closes: []close{{0, ms(20)}, {1, ms(150)}, {2, ms(90)}, {3, ms(300)}}},
+		{give: "two restarts", closes: []close{{0, ms(20)}, {1, ms(60)}, {500, ms(21)}, {501, ms(80)}}},
+		{give: "a burst of one timer: one moment, the same idle time, then another",
+			closes: []close{{0, ms(150)}, {1, ms(150)}, {2, ms(151)}, {700, ms(150)}}, want: ms(150)},
+		{give: "two moments agree, but a connection stayed open longer",
+			closes: []close{{0, ms(15)}, {500, ms(15)}}, open: []close{{200, ms(40)}}},
+		{give: "learned, then found open past it",
+			closes: []close{{0, ms(150)}, {500, ms(150)}}, open: []close{{900, ms(400)}}},
+		{give: "two moments far apart in idle time", closes: []close{{0, ms(150)}, {500, ms(400)}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.give, func(t *testing.T) {
+			p := new(peer)
+			type event struct {
+				at   int
+				idle time.Duration
+				open bool
+			}
+			var evs []event
+			for _, c := range tt.closes {
+				evs = append(evs, event{c.at, c.idle, false})
+			}
+			for _, c := range tt.open {
+				evs = append(evs, event{c.at, c.idle, true})
+			}
+			slices.SortFunc(evs, func(a, b event) int { return a.at - b.at })
+			for _, e := range evs {
+				now := int64(ms(e.at))
+				if e.open {
+					p.open(e.idle, now)
+				} else {
+					p.closed(e.idle, now)
+				}
+			}
+			got := time.Duration(0)
+			if p.retireAfter(int64(ms(2000))) > 0 {
+				got = time.Duration(p.bound.Load())
+			}
+			if got != tt.want {
+				t.Errorf("bound %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package httpfx_test
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -490,4 +491,42 @@ func TestConnEventKindString(t *testing.T) {
 			t.Errorf("%d.String() = %q, want %q", int(tt.give), got, tt.want)
 		}
 	}
+}
+
+// A connection whose TLS handshake fails never carried HTTP: the observers hear nothing of
+// it (Stats counts the dial). One that succeeds is told with its TLS state.
+func TestFailedHandshakeIsNoConnection(t *testing.T) {
+	u := testutil.NewTLSServer(t, okHandler(), false) // a certificate the client does not trust
+	rec := new(recorder)
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), observe(rec))
+	app.RequireStart()
+	if _, err := get(g.Client, u.URL); err == nil {
+		t.Fatal("the request succeeded with an untrusted certificate")
+	}
+	trusted := testutil.NewTLSServer(t, okHandler(), false)
+	roots := x509.NewCertPool()
+	roots.AddCert(trusted.Certificate())
+	g.Transport.TLSClientConfig.RootCAs = roots // before its first handshake
+	if _, err := get(g.Client, trusted.URL); err != nil {
+		t.Fatal(err)
+	}
+	app.RequireStop()
+	var opened []httpfx.ConnEvent
+	closed := 0
+	for _, ev := range rec.connEvents() {
+		switch ev.Kind {
+		case httpfx.ConnOpened:
+			opened = append(opened, ev)
+		case httpfx.ConnClosed:
+			closed++
+		}
+	}
+	if len(opened) != 1 || !opened[0].TLS || opened[0].Addr != trusted.Listener.Addr().String() || closed != 1 {
+		t.Errorf("opened %+v and %d closed; want the trusted server's TLS connection only", opened, closed)
+	}
+	if s := g.Stats.Snapshot(); s.ConnsOpened != 2 || s.HandshakesFull != 1 {
+		t.Errorf("Stats: %d dialled, %d full handshakes; want 2 and 1", s.ConnsOpened, s.HandshakesFull)
+	}
+	u.RequireNoConns(t)
 }

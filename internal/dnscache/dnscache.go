@@ -64,11 +64,11 @@ var ErrClosed = errors.New("dns cache closed")
 // only between Start and Close, so a Cache that is never started leaves no goroutine behind.
 // When a refresh drops an address, onGone is told. It is safe for concurrent use.
 type Cache struct {
-	r      Resolver
-	cfg    Config
-	dialer net.Dialer
-	epoch  time.Time
-	onGone func(host string, keep []netip.Addr)
+	r        Resolver
+	cfg      Config
+	dialAddr func(ctx context.Context, network, addr string) (net.Conn, error) // a net.Dialer's; tests change it
+	epoch    time.Time
+	onGone   func(host string, keep []netip.Addr)
 
 	next atomic.Uint32 // rotates the address each dial starts at
 
@@ -105,7 +105,8 @@ func New(cfg Config, r Resolver, onGone func(host string, keep []netip.Addr)) *C
 	if r == nil {
 		r = net.DefaultResolver
 	}
-	return &Cache{r: r, cfg: cfg, dialer: net.Dialer{KeepAlive: cfg.KeepAlive}, epoch: time.Now(), onGone: onGone}
+	d := &net.Dialer{KeepAlive: cfg.KeepAlive}
+	return &Cache{r: r, cfg: cfg, dialAddr: d.DialContext, epoch: time.Now(), onGone: onGone}
 }
 
 func (c *Cache) now() int64 { return int64(time.Since(c.epoch)) }
@@ -147,7 +148,7 @@ func (c *Cache) Dial(ctx context.Context, network, addr string) (net.Conn, error
 		defer cancel()
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
-		return c.dialer.DialContext(ctx, network, netip.AddrPortFrom(ip, uint16(port)).String())
+		return c.dialAddr(ctx, network, netip.AddrPortFrom(ip, uint16(port)).String())
 	}
 	ips, e, err := c.lookup(ctx, host)
 	if err != nil {
@@ -395,7 +396,7 @@ func (c *Cache) dialSerial(ctx context.Context, network string, ips []netip.Addr
 			actx, cancel = context.WithTimeout(ctx, max(share, minAddrTimeout))
 			defer cancel()
 		}
-		conn, err := c.dialer.DialContext(actx, network, netip.AddrPortFrom(ip, port).String())
+		conn, err := c.dialAddr(actx, network, netip.AddrPortFrom(ip, port).String())
 		if err == nil {
 			return conn, nil
 		}

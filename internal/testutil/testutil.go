@@ -20,13 +20,15 @@ import (
 	"go.uber.org/goleak"
 )
 
-// WaitingTestsInParallel lets 8 parallel tests run at once, unless -test.parallel is given:
-// the parallel tests of httpfx mostly wait, for timers and for loopback servers, so the
-// default of GOMAXPROCS (2 on a small CI machine) would run them nearly one at a time. Call
-// it from TestMain, before m.Run.
+// WaitingTestsInParallel lets 8 parallel tests run at once, unless -test.parallel is given or
+// the race detector is on: the parallel tests of httpfx mostly wait, for timers and for
+// loopback servers, so the default of GOMAXPROCS (2 on a small CI machine) would run them
+// nearly one at a time; under the race detector they compute several times as much, and their
+// bounds of a few hundred milliseconds would not hold 8 at a time. Call it from TestMain,
+// before m.Run.
 func WaitingTestsInParallel() {
 	flag.Parse()
-	set := false
+	set := RaceEnabled
 	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
 	if !set {
 		flag.Set("test.parallel", "8")

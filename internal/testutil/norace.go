@@ -1,0 +1,6 @@
+//go:build !race
+
+package testutil
+
+// RaceEnabled reports whether the test binary was built with the race detector.
+const RaceEnabled = false
