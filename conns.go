@@ -231,6 +231,23 @@ func (s *connSet) closeAll() int {
 	return len(conns)
 }
 
+// longestIdle returns the longest idle time at now, on health's clock, of the open HTTP/1.1
+// connections to addr that carry no request: the server's idle timer, if it has one, is longer.
+func (s *connSet) longestIdle(addr string, now int64) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var longest int64
+	for c := range s.conns {
+		if c.addr != addr || c.h == nil || c.h.proto.Load() != protoH1 || c.closed.Load() {
+			continue
+		}
+		if lr := c.h.lastRead.Load(); lr >= c.h.lastWrite.Load() {
+			longest = max(longest, now-lr)
+		}
+	}
+	return longest
+}
+
 // quiet waits until the events being told are told, and tells no more.
 func (s *connSet) quiet() {
 	s.events.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -72,13 +73,13 @@ func startFleet(t *testing.T, n int, keepalive string) *fleet {
 }
 
 // deploy restarts every instance gracefully, one at a time, rounds times, with a pause after
-// each, as a rolling deploy does.
+// each of about pause (from half to one and a half times it), as a rolling deploy does.
 func (f *fleet) deploy(t *testing.T, rounds int, pause time.Duration) {
 	t.Helper()
 	for range rounds {
 		for _, n := range f.nodes {
 			n.restart(t)
-			time.Sleep(pause)
+			time.Sleep(pause/2 + rand.N(pause))
 		}
 	}
 }
@@ -239,7 +240,7 @@ func TestRollingDeploy(t *testing.T) {
 	go func() { defer wg.Done(); got = load(client, f.url, "httpfx", 16, stop) }()
 	go func() { defer wg.Done(); ref = load(rawClient, f.url, "raw", 16, stop) }()
 	time.Sleep(200 * time.Millisecond) // the pools are warm
-	f.deploy(t, 4, 50*time.Millisecond)
+	f.deploy(t, 4, 100*time.Millisecond)
 	time.Sleep(200 * time.Millisecond)
 	close(stop)
 	wg.Wait()

@@ -398,10 +398,10 @@ func TestIdleBoundLearnedFromIdleClose(t *testing.T) {
 
 // learnIdleBound sends requests with send, one at a time, each after the server closed the
 // connection of the one before while it was idle, until the client has learned addr's idle
-// bound from two such closes, and returns how many it sent (at most 4).
+// bound from three such closes, and returns how many it sent (at most 6).
 func learnIdleBound(t *testing.T, client *http.Client, stats *httpfx.Stats, url, addr string, send func(id string) error) int {
 	t.Helper()
-	for i := range 4 {
+	for i := range 6 {
 		if err := send(fmt.Sprintf("warmup-%d", i)); err != nil {
 			t.Fatal(err)
 		}
@@ -411,7 +411,7 @@ func learnIdleBound(t *testing.T, client *http.Client, stats *httpfx.Stats, url,
 			return i + 1
 		}
 	}
-	t.Fatalf("no idle bound learned for %s after 4 closes: %v", addr, stats.Snapshot().IdleBounds)
+	t.Fatalf("no idle bound learned for %s after 6 closes: %v", addr, stats.Snapshot().IdleBounds)
 	return 0
 }
 

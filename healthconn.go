@@ -98,8 +98,12 @@ func (ch *connHealth) taken(info httptrace.GotConnInfo, proto int32, tls, gone, 
 		ch.tls.Store(tls)
 		ch.proto.Store(proto)
 	}
-	if !info.Reused && !info.WasIdle || !rewindable || ch.proto.Load() != protoH1 {
-		return "" // a connection dialled for this request, or one that may carry other streams
+	if ch.proto.Load() != protoH1 {
+		return "" // it may carry other streams
+	}
+	ch.reqStart.Store(-1) // the request before is over
+	if !info.Reused && !info.WasIdle || !rewindable {
+		return "" // dialled for this request, or a request net/http cannot send again
 	}
 	now := ch.h.clock.now()
 	switch {
@@ -108,7 +112,7 @@ func (ch *connHealth) taken(info httptrace.GotConnInfo, proto int32, tls, gone, 
 	case ch.expires != 0 && now >= ch.expires:
 		return RetiredLifetime
 	case info.WasIdle && ch.peer != nil:
-		if after := ch.peer.retireAfter(now); after > 0 && info.IdleTime >= after && !ch.peer.probe(now) {
+		if after := ch.peer.retireAfter(now); after > 0 && info.IdleTime >= after && !ch.peer.probe(info.IdleTime, now) {
 			return RetiredIdle
 		}
 	}
@@ -153,6 +157,13 @@ func (ch *connHealth) read(n int, err error, closed bool) (int, error) {
 	// while Linux ignores the acknowledgement field of a reset.
 	if errors.Is(err, io.EOF) && ch.provesUnsent(ch.lastRead.Load()) {
 		return n, &unsentError{err: err}
+	}
+	if ch.peer != nil && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		idle := time.Duration(0) // of a connection the request did not take from the pool
+		if ch.reqStart.Load() >= 0 {
+			idle = time.Duration(ch.idleFor.Load())
+		}
+		ch.peer.busy(idle, now) // closed under a request
 	}
 	return n, err
 }

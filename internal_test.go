@@ -374,16 +374,23 @@ func TestPeerLearnsOnlyATimer(t *testing.T) {
 		want   time.Duration
 	}{
 		{give: "one close", closes: []close{{0, ms(150)}}},
-		{give: "two moments agree", closes: []close{{0, ms(150)}, {500, ms(152)}}, want: ms(150)},
+		{give: "two moments agree", closes: []close{{0, ms(150)}, {500, ms(152)}}},
+		{give: "three moments agree", closes: []close{{0, ms(150)}, {500, ms(152)}, {900, ms(158)}}, want: ms(150)},
 		{give: "a restart: one moment, idle times apart", closes: []close{{0, ms(20)}, {1, ms(150)}, {2, ms(90)}, {3, ms(300)}}},
-		{give: "two restarts", closes: []close{{0, ms(20)}, {1, ms(60)}, {500, ms(21)}, {501, ms(80)}}},
-		{give: "a burst of one timer: one moment, the same idle time, then another",
-			closes: []close{{0, ms(150)}, {1, ms(150)}, {2, ms(151)}, {700, ms(150)}}, want: ms(150)},
-		{give: "two moments agree, but a connection stayed open longer",
-			closes: []close{{0, ms(15)}, {500, ms(15)}}, open: []close{{200, ms(40)}}},
-		{give: "learned, then found open past it",
-			closes: []close{{0, ms(150)}, {500, ms(150)}}, open: []close{{900, ms(400)}}},
-		{give: "two moments far apart in idle time", closes: []close{{0, ms(150)}, {500, ms(400)}}},
+		{give: "restarts, one connection each, idle times about alike",
+			closes: []close{{0, ms(60)}, {200, ms(120)}, {400, ms(62)}, {600, ms(95)}, {800, ms(61)}, {1000, ms(150)}}},
+		{give: "restarts with several connections, idle times apart",
+			closes: []close{{0, ms(60)}, {1, ms(160)}, {500, ms(61)}, {501, ms(180)}, {1000, ms(62)}, {1001, ms(170)}}},
+		{give: "closes after a few milliseconds: no timer", closes: []close{{0, ms(20)}, {500, ms(20)}, {1000, ms(21)}}},
+		{give: "a burst of one timer: one moment, the same idle time, then two more",
+			closes: []close{{0, ms(150)}, {1, ms(150)}, {2, ms(151)}, {700, ms(150)}, {1200, ms(155)}}, want: ms(150)},
+		{give: "three moments agree, but a connection stayed open far longer",
+			closes: []close{{0, ms(60)}, {500, ms(60)}, {1000, ms(61)}}, open: []close{{200, ms(400)}}},
+		{give: "learned, then found open far past it",
+			closes: []close{{0, ms(150)}, {500, ms(150)}, {1000, ms(150)}}, open: []close{{1500, ms(450)}}},
+		{give: "learned, then found open a little past it (a timer that fires late)",
+			closes: []close{{0, ms(150)}, {500, ms(150)}, {1000, ms(150)}}, open: []close{{1500, ms(170)}}, want: ms(150)},
+		{give: "three moments far apart in idle time", closes: []close{{0, ms(150)}, {500, ms(400)}, {1000, ms(900)}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.give, func(t *testing.T) {
@@ -410,7 +417,7 @@ func TestPeerLearnsOnlyATimer(t *testing.T) {
 				}
 			}
 			got := time.Duration(0)
-			if p.retireAfter(int64(ms(2000))) > 0 {
+			if p.retireAfter(int64(ms(3000))) > 0 {
 				got = time.Duration(p.bound.Load())
 			}
 			if got != tt.want {

@@ -51,6 +51,7 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 		}
 		t.DialContext = o.conns.wrap(dial)
 		o.conns.health, o.conns.dns = o.health, o.dns
+		o.health.idleOpen = o.conns.longestIdle
 		o.conns.h2c = t.Protocols != nil && t.Protocols.UnencryptedHTTP2() && !t.Protocols.HTTP1()
 		// Installed now, after decorators: a certificate they configured turns it off.
 		var hint *certHint
