@@ -130,6 +130,29 @@ type Config struct {
 	// TLSKeyFile names the PEM file of TLSCertFile's private key. Default empty.
 	TLSKeyFile string `yaml:"tls_key_file" json:"tls_key_file"`
 
+	// TLSSessionCacheSize is how many TLS sessions the client keeps to resume, in one cache
+	// shared by the shared client and every upstream client (tls.NewLRUClientSessionCache): a
+	// new connection to a server it has talked to resumes a session, skipping the certificate
+	// exchange and its verification, several times cheaper than a full handshake. httpfx
+	// opens new connections on purpose (MaxConnLifetime, idle retirement, DNS changes) and
+	// under every burst. Zero turns the cache off. Default 1024: room for a process talking to
+	// many upstreams (a session a server name). A TLS config a decorator supplies keeps its own.
+	TLSSessionCacheSize int `yaml:"tls_session_cache_size" json:"tls_session_cache_size"`
+
+	// TLSReloadInterval is how often, at most, the TLS files are checked for a new version:
+	// TLSCertFile and TLSKeyFile, and TLSCAFile with TLSCAReload. A handshake that needs them
+	// re-reads a file whose size or modification time changed, so that a certificate renewed
+	// on disk (cert-manager, SPIFFE) is presented by every new handshake within the interval,
+	// without a restart; a version that does not load keeps the last good one, and is logged
+	// once. Zero reads the files once, at start. Default 5s.
+	TLSReloadInterval time.Duration `yaml:"tls_reload_interval" json:"tls_reload_interval"`
+
+	// TLSCAReload makes new versions of TLSCAFile apply to new handshakes, as TLSReloadInterval
+	// says. httpfx then verifies servers itself, with crypto/tls's VerifyConnection, which is
+	// not told the address of a host given as an IP address: such a host needs TLSServerName.
+	// Default false: TLSCAFile is read once, at start.
+	TLSCAReload bool `yaml:"tls_ca_reload" json:"tls_ca_reload"`
+
 	// TLSServerName overrides the name sent in SNI and verified in upstream certificates.
 	// net/http uses the same TLS settings for an https proxy, so it cannot be combined with an
 	// https ProxyURL (Validate says so; an https proxy from the environment would fail its
@@ -218,6 +241,8 @@ func DefaultConfig() Config {
 		MaxResponseHeaderBytes: 1 << 20,
 		ProxyFromEnvironment:   true,
 		TLSMinVersion:          "1.2",
+		TLSSessionCacheSize:    1024,
+		TLSReloadInterval:      5 * time.Second,
 		DrainTimeout:           10 * time.Second,
 		MaxConnLifetime:        5 * time.Minute,
 		DNSTTL:                 10 * time.Second,
@@ -245,6 +270,7 @@ const maxDuration = 10 * 365 * 24 * time.Hour
 // resolved is what a valid Config derives for the transport.
 type resolved struct {
 	tls   *tls.Config
+	files *tlsFiles // keeps the TLS files current; nil if none are
 	proxy func(*http.Request) (*url.URL, error)
 }
 
@@ -274,6 +300,7 @@ func (c Config) resolve() (resolved, error) {
 		{"HTTP2SendPingTimeout", c.HTTP2SendPingTimeout},
 		{"HTTP2PingTimeout", c.HTTP2PingTimeout},
 		{"HTTP2WriteByteTimeout", c.HTTP2WriteByteTimeout},
+		{"TLSReloadInterval", c.TLSReloadInterval},
 	} {
 		switch {
 		case d.v < 0:
@@ -290,6 +317,7 @@ func (c Config) resolve() (resolved, error) {
 		{"MaxIdleConnsPerHost", int64(c.MaxIdleConnsPerHost)},
 		{"MaxConnsPerHost", int64(c.MaxConnsPerHost)},
 		{"MaxResponseHeaderBytes", c.MaxResponseHeaderBytes},
+		{"TLSSessionCacheSize", int64(c.TLSSessionCacheSize)},
 	} {
 		if n.v < 0 {
 			bad(n.name, "is %d: want zero (the default or no limit) or a positive number", n.v)
@@ -310,7 +338,7 @@ func (c Config) resolve() (resolved, error) {
 	if r.proxy, err = c.proxy(); err != nil {
 		errs = append(errs, err)
 	}
-	if r.tls, err = c.tlsConfig(); err != nil {
+	if r.tls, r.files, err = c.tlsConfig(); err != nil {
 		errs = append(errs, err)
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {

@@ -67,6 +67,10 @@ func newOwner(cfg Config, log *zap.Logger, res Resolver, obs []Observer) (*owner
 		timeoutErr: &timeoutError{what: "Config.Timeout", d: cfg.Timeout},
 		drained:    make(chan struct{}),
 	}
+	if r.files != nil {
+		r.files.log.Store(o.log)
+		o.stats.certNotAfter = r.files.certNotAfter
+	}
 	o.conns = newConnSet(o.stats)
 	o.dns = dnscache.New(dnscache.Config{TTL: cfg.DNSTTL, StaleTTL: cfg.DNSStaleTTL,
 		DialTimeout: cfg.DialTimeout, KeepAlive: cfg.KeepAlive}, res, o.conns.markGone)
@@ -145,6 +149,10 @@ func (o *owner) start(ctx context.Context) error {
 		zap.String("tls_min_version", c.TLSMinVersion),
 		zap.Bool("tls_extra_roots", c.TLSCAFile != "" || c.TLSCAPEM != ""),
 		zap.Bool("tls_client_certificate", c.TLSCertFile != ""),
+		zap.Time("tls_client_certificate_not_after", o.stats.Snapshot().ClientCertNotAfter),
+		zap.Int("tls_session_cache_size", c.TLSSessionCacheSize),
+		zap.Duration("tls_reload_interval", c.TLSReloadInterval),
+		zap.Bool("tls_ca_reload", c.TLSCAReload),
 		zap.Bool("user_agent_set", c.UserAgent != ""),
 		zap.Duration("drain_timeout", c.DrainTimeout),
 		zap.Duration("max_conn_lifetime", c.MaxConnLifetime),

@@ -51,7 +51,8 @@ type Stats struct {
 	mu        sync.Mutex
 	upstreams map[string]*upstreamStats // by name; written only while the graph is built
 
-	bounds func() map[string]time.Duration // reads the learned idle bounds; nil: none
+	bounds       func() map[string]time.Duration // reads the learned idle bounds; nil: none
+	certNotAfter func() time.Time                // reads the client certificate's expiry; nil: none
 
 	states connStates // connections idle and in use, requests waiting: kept if observed
 }
@@ -77,6 +78,11 @@ type Snapshot struct {
 	// pre-warmed one is ready): full ones, and those that resumed a session from the client
 	// session cache (Config.TLSSessionCacheSize), which skip the certificate exchange.
 	HandshakesFull, HandshakesResumed int64
+
+	// ClientCertNotAfter is when the client certificate presented to servers that ask for one
+	// (TLSCertFile) expires: the newest good version of the files (see TLSReloadInterval).
+	// Zero if none is configured.
+	ClientCertNotAfter time.Time
 
 	// Replayed counts requests sent again because they provably never reached the server:
 	// those httpfx stopped before they wrote a byte to the connection they had taken (net/http
@@ -125,6 +131,10 @@ func (s *Stats) Snapshot() Snapshot {
 	if s.bounds != nil {
 		bounds = s.bounds()
 	}
+	var notAfter time.Time
+	if s.certNotAfter != nil {
+		notAfter = s.certNotAfter()
+	}
 	var ups map[string]UpstreamSnapshot
 	s.mu.Lock()
 	if len(s.upstreams) > 0 {
@@ -155,7 +165,8 @@ func (s *Stats) Snapshot() Snapshot {
 			RetiredServerClosed: s.retiredClosed.Load(),
 			RetiredDead:         s.retiredDead.Load(),
 		},
-		IdleBounds: bounds,
+		IdleBounds:         bounds,
+		ClientCertNotAfter: notAfter,
 	}
 	s.states.fill(&snap)
 	return snap

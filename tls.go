@@ -2,14 +2,13 @@ package httpfx
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"os"
 )
 
-// tlsConfig builds the transport's TLS settings from c, reading the files it names. Every
-// error names the field.
-func (c Config) tlsConfig() (*tls.Config, error) {
+// tlsConfig builds the transport's TLS settings from c, reading the files it names, and the
+// tlsFiles that keep them current (nil if c names no client certificate and does not reload
+// its CA file). Every error names the field.
+func (c Config) tlsConfig() (*tls.Config, *tlsFiles, error) {
 	tc := &tls.Config{
 		ServerName:         c.TLSServerName,
 		InsecureSkipVerify: c.TLSInsecureSkipVerify, //nolint:gosec // documented, and warned about at every start
@@ -20,44 +19,49 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 	case "1.3":
 		tc.MinVersion = tls.VersionTLS13
 	default:
-		return nil, fmt.Errorf("httpfx: config: TLSMinVersion is %q: want \"1.2\" or \"1.3\"", c.TLSMinVersion)
+		return nil, nil, fmt.Errorf("httpfx: config: TLSMinVersion is %q: want \"1.2\" or \"1.3\"", c.TLSMinVersion)
 	}
-	if c.TLSCAFile != "" || c.TLSCAPEM != "" {
-		pool := x509.NewCertPool()
-		if !c.TLSCAOnly {
-			sys, err := x509.SystemCertPool()
-			if err != nil {
-				return nil, fmt.Errorf("httpfx: config: TLSCAFile: the system's roots cannot be read (set TLSCAOnly to use only yours): %w", err)
-			}
-			pool = sys
-		}
-		if c.TLSCAFile != "" {
-			pem, err := os.ReadFile(c.TLSCAFile)
-			if err != nil {
-				return nil, fmt.Errorf("httpfx: config: TLSCAFile: %w", err)
-			}
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("httpfx: config: TLSCAFile %q holds no PEM certificate", c.TLSCAFile)
-			}
-		}
-		if c.TLSCAPEM != "" && !pool.AppendCertsFromPEM([]byte(c.TLSCAPEM)) {
-			return nil, fmt.Errorf("httpfx: config: TLSCAPEM holds no PEM certificate")
-		}
-		tc.RootCAs = pool
-	} else if c.TLSCAOnly {
-		return nil, fmt.Errorf("httpfx: config: TLSCAOnly is set but neither TLSCAFile nor TLSCAPEM is: no upstream could be verified")
+	var sessions *sessionCache
+	if c.TLSSessionCacheSize > 0 { // one cache for every client of the pool: sessions resume across them
+		sessions = newSessionCache(c.TLSSessionCacheSize)
+		tc.ClientSessionCache = sessions
 	}
 	switch {
-	case c.TLSCertFile != "" && c.TLSKeyFile != "":
-		cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("httpfx: config: TLSCertFile/TLSKeyFile %q/%q: %w", c.TLSCertFile, c.TLSKeyFile, err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	case c.TLSCertFile != "":
-		return nil, fmt.Errorf("httpfx: config: TLSCertFile is set but TLSKeyFile is not: want both or neither")
-	case c.TLSKeyFile != "":
-		return nil, fmt.Errorf("httpfx: config: TLSKeyFile is set but TLSCertFile is not: want both or neither")
+	case c.TLSCertFile != "" && c.TLSKeyFile == "":
+		return nil, nil, fmt.Errorf("httpfx: config: TLSCertFile is set but TLSKeyFile is not: want both or neither")
+	case c.TLSKeyFile != "" && c.TLSCertFile == "":
+		return nil, nil, fmt.Errorf("httpfx: config: TLSKeyFile is set but TLSCertFile is not: want both or neither")
+	case c.TLSCAOnly && c.TLSCAFile == "" && c.TLSCAPEM == "":
+		return nil, nil, fmt.Errorf("httpfx: config: TLSCAOnly is set but neither TLSCAFile nor TLSCAPEM is: no upstream could be verified")
+	case c.TLSCAReload && c.TLSCAFile == "":
+		return nil, nil, fmt.Errorf("httpfx: config: TLSCAReload is set but TLSCAFile is not: there is no file to reload")
+	case c.TLSCAReload && c.TLSInsecureSkipVerify:
+		return nil, nil, fmt.Errorf("httpfx: config: TLSCAReload is set with TLSInsecureSkipVerify, which verifies nothing: keep one")
 	}
-	return tc, nil
+	f := &tlsFiles{certFile: c.TLSCertFile, keyFile: c.TLSKeyFile, caFile: c.TLSCAFile, caPEM: c.TLSCAPEM,
+		caOnly: c.TLSCAOnly, caReload: c.TLSCAReload, every: c.TLSReloadInterval, sessions: sessions}
+	if err := f.load(); err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case c.TLSCAReload:
+		tc.InsecureSkipVerify = true // crypto/tls's own verification gives way to verifyConnection's
+		tc.VerifyConnection = f.verifyConnection
+	case c.TLSCAFile != "" || c.TLSCAPEM != "":
+		pool, err := f.loadRoots()
+		if err != nil {
+			return nil, nil, err
+		}
+		tc.RootCAs = pool
+	}
+	if c.TLSCertFile != "" {
+		tc.GetClientCertificate = f.clientCertificate
+	}
+	if c.TLSCertFile == "" && !c.TLSCAReload {
+		return tc, nil, nil
+	}
+	if sessions != nil {
+		sessions.files = f
+	}
+	return tc, f, nil
 }

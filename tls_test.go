@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log"
 	"math/big"
@@ -16,6 +17,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -296,4 +299,249 @@ func TestClientCertificateHintIsPerHost(t *testing.T) {
 	app.RequireStop()
 	asker.RequireNoConns(t)
 	cutter.RequireNoConns(t)
+}
+
+// handshakes counts the TLS handshakes a server completed, full and resumed, and the serial
+// number of the client certificate each connection presented (0 if none).
+type handshakes struct {
+	mu            sync.Mutex
+	seen          map[net.Conn]bool
+	full, resumed int
+	clientSerials []int64 // of the full handshakes
+}
+
+func (h *handshakes) track(c net.Conn, s http.ConnState) {
+	tc, ok := c.(*tls.Conn)
+	if s != http.StateActive || !ok {
+		return
+	}
+	cs := tc.ConnectionState()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.seen[c] {
+		return // active again, for another request
+	}
+	if h.seen == nil {
+		h.seen = map[net.Conn]bool{}
+	}
+	h.seen[c] = true
+	if cs.DidResume {
+		h.resumed++
+		return
+	}
+	h.full++
+	if len(cs.PeerCertificates) > 0 {
+		h.clientSerials = append(h.clientSerials, cs.PeerCertificates[0].SerialNumber.Int64())
+	}
+}
+
+// verified is a server's VerifyConnection, which crypto/tls calls for every handshake.
+func (h *handshakes) verified(cs tls.ConnectionState) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cs.DidResume {
+		h.resumed++
+	} else {
+		h.full++
+	}
+	return nil
+}
+
+func (h *handshakes) counts() (full, resumed int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.full, h.resumed
+}
+
+// A new connection to a server the client talked to resumes a session from the one cache
+// that the shared client and every upstream client share: with connections replaced every
+// few tens of milliseconds (MaxConnLifetime) and several callers, only the first connection of
+// each caller (at most) pays a full handshake, over TLS 1.2 and 1.3; Stats counts the same.
+func TestSessionsResume(t *testing.T) {
+	t.Parallel()
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		for _, through := range []string{"shared", "upstream"} {
+			t.Run(fmt.Sprintf("%s/%s", tls.VersionName(version), through), func(t *testing.T) {
+				t.Parallel()
+				hs := new(handshakes)
+				u := testutil.NewUnstartedServer(t, okHandler())
+				u.EnableHTTP2 = false // one connection per caller, replaced by MaxConnLifetime
+				u.TLS = &tls.Config{MaxVersion: version, VerifyConnection: hs.verified}
+				u.StartTLS()
+				var g graph
+				var up *http.Client
+				app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), trustServer(u.Server),
+					withConfig(func(c *httpfx.Config) { c.MaxConnLifetime = 20 * time.Millisecond }),
+					httpfx.Upstream("svc", httpfx.UpstreamConfig{BaseURL: u.URL + "/"}),
+					fx.Invoke(fx.Annotate(func(c *http.Client) { up = c }, fx.ParamTags(`name:"svc"`))))
+				app.RequireStart()
+				client, url := g.Client, u.URL
+				if through == "upstream" {
+					client, url = up, "x"
+				}
+				const callers, each = 4, 6
+				var wg sync.WaitGroup
+				for range callers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for range each {
+							mustGet(t, client, url)
+							time.Sleep(30 * time.Millisecond) // past the lifetime: the next request dials
+						}
+					}()
+				}
+				wg.Wait()
+				s := g.Stats.Snapshot()
+				app.RequireStop()
+				full, resumed := hs.counts()
+				if full > callers || resumed < callers {
+					t.Errorf("server: %d full and %d resumed handshakes for %d callers of %d requests; want at most %d full",
+						full, resumed, callers, each, callers)
+				}
+				// Stats counts the connections a request took: the server may also have seen
+				// one dialled for a request that took another and closed unused.
+				if s.HandshakesFull > int64(full) || s.HandshakesResumed > int64(resumed) || s.HandshakesFull+s.HandshakesResumed < int64(full+resumed)-2 {
+					t.Errorf("Stats: %d full, %d resumed; the server saw %d and %d", s.HandshakesFull, s.HandshakesResumed, full, resumed)
+				}
+			})
+		}
+	}
+}
+
+// The client certificate files are replaced while requests flow: new connections present the
+// new certificate within TLSReloadInterval, no request fails, and a broken version of the
+// files in between changes nothing. Sessions made with the old certificate are not resumed.
+func TestClientCertificateRotation(t *testing.T) {
+	t.Parallel()
+	p := newPKI(t)
+	serverCert, _, _ := p.issue("server", "127.0.0.1")
+	hs := new(handshakes)
+	u := testutil.NewUnstartedServer(t, okHandler())
+	u.EnableHTTP2 = false
+	u.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: p.pool}
+	states := u.Config.ConnState
+	u.Config.ConnState = func(c net.Conn, s http.ConnState) { states(c, s); hs.track(c, s) }
+	u.StartTLS()
+	first, certFile, keyFile := p.issue("client", "client.test")
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withConfig(func(c *httpfx.Config) {
+		c.TLSCAFile, c.TLSCAOnly, c.TLSCertFile, c.TLSKeyFile = p.CAFile, true, certFile, keyFile
+		c.TLSReloadInterval, c.MaxConnLifetime = 20*time.Millisecond, 20*time.Millisecond
+	}))
+	app.RequireStart()
+	serial := func(c tls.Certificate) int64 { return c.Leaf.SerialNumber.Int64() }
+	if got := g.Stats.Snapshot().ClientCertNotAfter; !got.Equal(first.Leaf.NotAfter) {
+		t.Errorf("ClientCertNotAfter %v, want %v", got, first.Leaf.NotAfter)
+	}
+
+	stop := make(chan struct{})
+	var failures atomic.Int64
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := get(g.Client, u.URL); err != nil {
+					failures.Add(1)
+					t.Errorf("request failed: %v", err)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	os.WriteFile(certFile, []byte("-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n"), 0o600)
+	time.Sleep(100 * time.Millisecond) // new connections still present the first certificate
+	hs.mu.Lock()
+	mark := len(hs.clientSerials)
+	hs.mu.Unlock()
+	second, _, _ := p.issue("client", "client.test") // writes both files anew
+	time.Sleep(150 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	s := g.Stats.Snapshot()
+	app.RequireStop()
+
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	for i, sn := range hs.clientSerials[:mark] {
+		if sn != serial(first) {
+			t.Errorf("connection %d, before the new files, presented serial %d, want %d", i, sn, serial(first))
+		}
+	}
+	last := hs.clientSerials[len(hs.clientSerials)-1]
+	if last != serial(second) {
+		t.Errorf("the last connection presented serial %d, want the new certificate's %d (%v)", last, serial(second), hs.clientSerials)
+	}
+	if !s.ClientCertNotAfter.Equal(second.Leaf.NotAfter) {
+		t.Errorf("ClientCertNotAfter %v, want the new certificate's %v", s.ClientCertNotAfter, second.Leaf.NotAfter)
+	}
+}
+
+// With TLSCAReload, a new version of TLSCAFile applies to new handshakes: a server that moves
+// to a certificate of another CA is trusted once the file holds that CA. A host given as an IP
+// address is refused, saying why, unless TLSServerName names it.
+func TestCAFileRotation(t *testing.T) {
+	t.Parallel()
+	old, next := newPKI(t), newPKI(t)
+	oldCert, _, _ := old.issue("server", "svc.test")
+	nextCert, _, _ := next.issue("server", "svc.test")
+	var current atomic.Pointer[tls.Certificate]
+	current.Store(&oldCert)
+	u := testutil.NewUnstartedServer(t, okHandler())
+	u.TLS = &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return current.Load(), nil }}
+	u.Config.ErrorLog = nopLog()
+	u.StartTLS()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	copyFile(t, old.CAFile, caFile)
+
+	var g graph
+	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withConfig(func(c *httpfx.Config) {
+		c.TLSCAFile, c.TLSCAOnly, c.TLSCAReload, c.TLSReloadInterval = caFile, true, true, 20*time.Millisecond
+	}))
+	app.RequireStart()
+	if _, err := get(g.Client, u.URL); err == nil || !strings.Contains(err.Error(), "TLSServerName") {
+		t.Errorf("GET by IP address: %v, want a refusal naming TLSServerName", err)
+	}
+	app.RequireStop()
+
+	app = fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withConfig(func(c *httpfx.Config) {
+		c.TLSCAFile, c.TLSCAOnly, c.TLSCAReload, c.TLSReloadInterval = caFile, true, true, 20*time.Millisecond
+		c.TLSServerName = "svc.test"
+		c.TLSSessionCacheSize = 0 // every handshake a full one, that verifies the server
+	}))
+	app.RequireStart()
+	mustGet(t, g.Client, u.URL)
+	copyFile(t, next.CAFile, caFile)
+	time.Sleep(50 * time.Millisecond) // past TLSReloadInterval
+	current.Store(&nextCert)
+	httpfx.CloseIdleConnections(g.Client) // a new handshake
+	if _, err := get(g.Client, u.URL); err != nil {
+		t.Errorf("GET after the server moved to the new CA, the file too: %v", err)
+	}
+	current.Store(&oldCert) // the old CA is no longer trusted
+	httpfx.CloseIdleConnections(g.Client)
+	if _, err := get(g.Client, u.URL); err == nil || !strings.Contains(err.Error(), "unknown authority") {
+		t.Errorf("GET to a certificate of the CA the file no longer holds: %v, want unknown authority", err)
+	}
+	app.RequireStop()
+}
+
+// copyFile writes the contents of from to to, replacing it.
+func copyFile(t testing.TB, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
