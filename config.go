@@ -217,6 +217,10 @@ type Config struct {
 	// stop timeout of 15s so that stop can still cut, close and report in time.
 	DrainTimeout time.Duration `yaml:"drain_timeout" json:"drain_timeout"`
 
+	// Retry says when a request is sent again, for the shared client and every upstream
+	// client; see RetryConfig. The zero RetryConfig sends each request once.
+	Retry RetryConfig `yaml:"retry" json:"retry"`
+
 	// Upstreams configures, by name, the upstream clients that Upstream declares; an entry's
 	// non-zero fields override the UpstreamConfig given in code. Nil means none.
 	Upstreams map[string]UpstreamConfig `yaml:"upstreams" json:"upstreams"`
@@ -250,6 +254,15 @@ func DefaultConfig() Config {
 		HTTP2SendPingTimeout:   15 * time.Second,
 		HTTP2PingTimeout:       15 * time.Second,
 		HTTP2WriteByteTimeout:  15 * time.Second,
+		Retry: RetryConfig{
+			MaxAttempts:     3,
+			Backoff:         25 * time.Millisecond,
+			MaxBackoff:      time.Second,
+			RetryAfterMax:   2 * time.Second,
+			MaxBufferBytes:  64 << 10,
+			BudgetPercent:   20,
+			BudgetPerSecond: 10,
+		},
 	}
 }
 
@@ -339,6 +352,9 @@ func (c Config) resolve() (resolved, error) {
 		errs = append(errs, err)
 	}
 	if r.tls, r.files, err = c.tlsConfig(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Retry.validate("Retry", true); err != nil {
 		errs = append(errs, err)
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {

@@ -211,8 +211,10 @@ func sendKind(c *http.Client, url, kind, id string) error {
 // A rolling deploy of an upstream, as a user meets it: three nginx instances behind one name,
 // each restarted gracefully in turn, four rounds, while httpfx's zero-config client and a raw
 // tuned transport (the reference, with the same pool size) send GETs and POSTs side by side.
-// No request is processed twice; httpfx loses no more POSTs than the raw transport, opens no
-// more than twice its connections, and learns no idle bound from the restarts' closes.
+// No request is processed twice; httpfx loses no GET and no POST with an Idempotency-Key (it
+// sends them again), no more POSTs without one than the raw transport (those that may have
+// been written are never sent again), opens no more than twice its connections, and learns no
+// idle bound from the restarts' closes.
 func TestRollingDeploy(t *testing.T) {
 	t.Parallel()
 	f := startFleet(t, 3, "75s")
@@ -255,6 +257,9 @@ func TestRollingDeploy(t *testing.T) {
 	t.Logf("httpfx: sent %v, failed %v, %d connections opened, replayed %d, retired %v, idle bounds %v; first failures %q",
 		got.sent, got.failed, s.ConnsOpened, s.Replayed, s.ConnsRetired, s.IdleBounds, got.errs)
 	t.Logf("raw:    sent %v, failed %v, %d connections opened; first failures %q", ref.sent, ref.failed, rawOpened.Load(), ref.errs)
+	if got.failed[kindGET] != 0 || got.failed[kindKeyPOST] != 0 {
+		t.Errorf("httpfx lost %d GETs and %d POSTs with an Idempotency-Key: want none, retried", got.failed[kindGET], got.failed[kindKeyPOST])
+	}
 	if got.failed[kindPOST] > ref.failed[kindPOST]+ref.failed[kindPOST]/4+2 {
 		t.Errorf("httpfx lost %d POSTs, the raw transport %d", got.failed[kindPOST], ref.failed[kindPOST])
 	}

@@ -146,6 +146,21 @@ func decodeNode(v reflect.Value, node *yaml.Node, path string) []error {
 			errs = append(errs, decodeNode(v.Field(i), val, sub)...)
 		}
 		return errs
+	case reflect.Slice:
+		if node.Kind == yaml.SequenceNode { // a list: each item as a single value
+			items := make([]string, 0, len(node.Content))
+			for _, item := range node.Content {
+				if item.Kind != yaml.ScalarNode {
+					return fail(item, "want a list of single values")
+				}
+				items = append(items, item.Value)
+			}
+			if err := setField(v, strings.Join(items, ",")); err != nil {
+				return fail(node, "%v", err)
+			}
+			return nil
+		}
+		fallthrough
 	default:
 		if node.Kind != yaml.ScalarNode || node.Tag == "!!null" {
 			return fail(node, "want a single value")
@@ -283,6 +298,19 @@ func setField(v reflect.Value, s string) error {
 		v.SetBool(b)
 	case v.Kind() == reflect.String:
 		v.SetString(s)
+	case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Int: // "502,503,504"
+		var list []int
+		for _, item := range strings.Split(s, ",") {
+			if item = strings.TrimSpace(item); item == "" {
+				continue
+			}
+			n, err := strconv.Atoi(item)
+			if err != nil {
+				return fmt.Errorf("invalid list %q: want whole numbers separated by commas, such as 502,503,504", s)
+			}
+			list = append(list, n)
+		}
+		v.Set(reflect.ValueOf(list))
 	default:
 		return fmt.Errorf("unsupported field type %s", v.Type())
 	}

@@ -28,6 +28,8 @@ type owner struct {
 	transport  *http.Transport // the transport httpfx built: the only one it closes
 	clock      *clock
 	timeoutErr error // the error of a request past Config.Timeout
+	attemptErr error // the error of an attempt past Config.Retry.AttemptTimeout
+	budgets    *budgets
 
 	// Set while the graph is built, before start; read-only afterwards.
 	client            *http.Client    // the client httpfx built, nil until built
@@ -42,8 +44,9 @@ type owner struct {
 	gate              *h2gate         // the HTTP/2 cold-start gate; nil if the transport cannot speak HTTP/2 over TLS
 	obs               *observers      // nil unless observed
 
-	requests requestList // requests in flight
-	stopping atomic.Bool // stop has begun: new bodies are watched (request.watch)
+	requests   requestList   // requests in flight
+	stopping   atomic.Bool   // stop has begun: new bodies are watched (request.watch)
+	gateClosed chan struct{} // closed when stop begins: no retry waits past it
 
 	drained   chan struct{} // closed once the gate is closed and nothing is in flight
 	drainOnce sync.Once
@@ -65,8 +68,11 @@ func newOwner(cfg Config, log *zap.Logger, res Resolver, obs []Observer) (*owner
 		stats:      new(Stats),
 		clock:      &clock{epoch: time.Now()},
 		timeoutErr: &timeoutError{what: "Config.Timeout", d: cfg.Timeout},
+		attemptErr: &timeoutError{what: "Config.Retry.AttemptTimeout", d: cfg.Retry.AttemptTimeout, waiting: "for the response headers"},
 		drained:    make(chan struct{}),
+		gateClosed: make(chan struct{}),
 	}
+	o.budgets = newBudgets(cfg.Retry.BudgetPercent, cfg.Retry.BudgetPerSecond, o.clock)
 	if r.files != nil {
 		r.files.log.Store(o.log)
 		o.stats.certNotAfter = r.files.certNotAfter
@@ -202,6 +208,7 @@ func (o *owner) drain(ctx context.Context) error {
 	// A request reading its body whose context ends is finished then, so that the drain does
 	// not wait for bodies their callers abandoned.
 	o.stopping.Store(true)
+	close(o.gateClosed)
 	for _, r := range o.requests.visit() {
 		if r.bodyOut.Load() && !r.stream { // a 101 stream lives until it is closed
 			r.watch()

@@ -98,29 +98,47 @@ func TestReadmeConfigTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	def := reflect.ValueOf(httpfx.DefaultConfig())
-	for i := range def.NumField() {
-		f := def.Type().Field(i)
-		key := f.Tag.Get("yaml")
-		env := httpfx.EnvPrefix + strings.ToUpper(key)
-		var want string
-		switch v := def.Field(i).Interface().(type) {
-		case time.Duration:
-			want = v.String()
-		case string:
-			want = "(none)"
-			if v != "" {
-				want = v
+	var rows func(def reflect.Value, keyPrefix, envPrefix string)
+	rows = func(def reflect.Value, keyPrefix, envPrefix string) {
+		for i := range def.NumField() {
+			f := def.Type().Field(i)
+			key := keyPrefix + f.Tag.Get("yaml")
+			env := envPrefix + strings.ToUpper(f.Tag.Get("yaml"))
+			if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeFor[time.Duration]() {
+				rows(def.Field(i), key+".", env+"__")
+				continue
 			}
-		case map[string]httpfx.UpstreamConfig:
-			want = "(none)"
-			env += "__<NAME>__<KEY>"
-		default:
-			want = fmt.Sprint(v)
+			row(t, readme, f.Name, key, env, def.Field(i).Interface())
 		}
-		row := fmt.Sprintf("| `%s` | `%s` | %s |", key, env, want)
-		if !strings.Contains(string(readme), row) {
-			t.Errorf("README lacks the row for %s: %s", f.Name, row)
+	}
+	rows(reflect.ValueOf(httpfx.DefaultConfig()), "", httpfx.EnvPrefix)
+}
+
+// row checks that the README has the configuration table's row for the field name.
+func row(t *testing.T, readme []byte, name, key, env string, def any) {
+	t.Helper()
+	var want string
+	switch v := def.(type) {
+	case time.Duration:
+		want = v.String()
+	case string:
+		want = "(none)"
+		if v != "" {
+			want = v
 		}
+	case map[string]httpfx.UpstreamConfig:
+		want = "(none)"
+		env += "__<NAME>__<KEY>"
+	case []int:
+		want = "(none)"
+		if len(v) > 0 {
+			want = strings.Trim(strings.ReplaceAll(fmt.Sprint(v), " ", ","), "[]")
+		}
+	default:
+		want = fmt.Sprint(v)
+	}
+	row := fmt.Sprintf("| `%s` | `%s` | %s |", key, env, want)
+	if !strings.Contains(string(readme), row) {
+		t.Errorf("README lacks the row for %s: %s", name, row)
 	}
 }

@@ -21,6 +21,8 @@ type sender struct {
 	timeoutErr error         // the cause of a request's context when timeout expires
 	slots      chan struct{} // MaxConnsPerHost tokens; nil if unbounded
 	stats      *upstreamStats
+	retry      RetryConfig // Config.Retry, overridden by its own
+	attemptErr error       // the error of an attempt past retry.AttemptTimeout
 }
 
 // request is one request of a client httpfx built, in flight from admission until it is
@@ -40,11 +42,15 @@ type request struct {
 	ctx      context.Context // the request's own: parent, with its deadline; ended when it is finished
 	cancel   context.CancelFunc
 	timeout  error         // the error of ctx's own deadline; nil if parent's comes first or none applies
+	retry    *RetryConfig  // of the client that sent it
 	obs      *obsReq       // nil unless observed
 	attempts int           // how many times it was sent
 	slot     bool          // it holds one of its upstream's MaxConnsPerHost slots
 	stream   bool          // the response is a 101 stream, which no context ends
 	rc       io.ReadCloser // the response body, once bodyOut is set
+
+	attemptTimeout error                   // the error of an attempt past retry.AttemptTimeout
+	cancelAttempt  context.CancelCauseFunc // ends the context of the attempt that got the response; nil if none
 
 	bodyOut atomic.Bool                 // the response body was handed to the caller
 	cut     atomic.Bool                 // stop cut it
@@ -66,8 +72,10 @@ func (o *owner) begin(req *http.Request, up *sender) (*request, *http.Request, e
 	r := &request{o: o, up: up, parent: req.Context()}
 	r.body.r = r
 	d, timeoutErr := o.cfg.Timeout, o.timeoutErr
+	r.retry, r.attemptTimeout = &o.cfg.Retry, o.attemptErr
 	if up != nil {
 		d, timeoutErr = up.timeout, up.timeoutErr
+		r.retry, r.attemptTimeout = &up.retry, up.attemptErr
 		up.stats.requests.Add(1)
 		up.stats.inFlight.Add(1) // in flight from admission, as in the totals: waiting included
 	}
@@ -231,6 +239,9 @@ func (r *request) end(err error) {
 	}
 	if unwatch := r.unwatch.Load(); unwatch != nil {
 		(*unwatch)()
+	}
+	if r.cancelAttempt != nil {
+		r.cancelAttempt(nil)
 	}
 	r.cancel()
 	if up := r.up; up != nil {

@@ -39,6 +39,8 @@ type Stats struct {
 	cut      atomic.Int64
 
 	closeIdleIgnored atomic.Int64
+	retries          atomic.Int64
+	budgetRefused    atomic.Int64
 	handshakesFull   atomic.Int64
 	handshakesResume atomic.Int64
 	replayed         atomic.Int64
@@ -84,6 +86,10 @@ type Snapshot struct {
 	// Zero if none is configured.
 	ClientCertNotAfter time.Time
 
+	// Retries counts the requests sent again after a failure worth a retry (see RetryConfig),
+	// each time; BudgetRefused the retries the retry budget of their origin refused.
+	Retries, BudgetRefused int64
+
 	// Replayed counts requests sent again because they provably never reached the server:
 	// those httpfx stopped before they wrote a byte to the connection they had taken (net/http
 	// sends them on another), and those the client sent again after net/http's "server closed
@@ -119,6 +125,8 @@ type UpstreamSnapshot struct {
 	InFlight int64 // admitted requests not yet finished, as Snapshot.InFlight counts them: Waiting included
 	Waiting  int64 // of InFlight, requests waiting for a slot of the upstream's MaxConnsPerHost
 	Failed   int64 // admitted requests that ended with an error, a give-up while waiting included
+
+	Retries, BudgetRefused int64 // as Snapshot's, for this upstream's requests
 }
 
 // Snapshot returns the current counters. It only reads: it is safe for concurrent use and
@@ -140,7 +148,8 @@ func (s *Stats) Snapshot() Snapshot {
 	if len(s.upstreams) > 0 {
 		ups = make(map[string]UpstreamSnapshot, len(s.upstreams))
 		for name, u := range s.upstreams {
-			ups[name] = UpstreamSnapshot{Requests: u.requests.Load(), InFlight: u.inFlight.Load(), Waiting: u.waiting.Load(), Failed: u.failed.Load()}
+			ups[name] = UpstreamSnapshot{Requests: u.requests.Load(), InFlight: u.inFlight.Load(), Waiting: u.waiting.Load(),
+				Failed: u.failed.Load(), Retries: u.retries.Load(), BudgetRefused: u.budgetRefused.Load()}
 		}
 	}
 	s.mu.Unlock()
@@ -155,6 +164,8 @@ func (s *Stats) Snapshot() Snapshot {
 		Cut:         s.cut.Load(),
 
 		CloseIdleIgnored:  s.closeIdleIgnored.Load(),
+		Retries:           s.retries.Load(),
+		BudgetRefused:     s.budgetRefused.Load(),
 		HandshakesFull:    s.handshakesFull.Load(),
 		HandshakesResumed: s.handshakesResume.Load(),
 		Replayed:          s.replayed.Load(),
@@ -239,5 +250,5 @@ func (c *connStates) fill(s *Snapshot) {
 
 // upstreamStats are the counters of one upstream client.
 type upstreamStats struct {
-	requests, inFlight, waiting, failed atomic.Int64
+	requests, inFlight, waiting, failed, retries, budgetRefused atomic.Int64
 }

@@ -97,6 +97,10 @@ func (o *owner) newUpstream(name string, code UpstreamConfig) (*http.Client, err
 	if u.timeout == 0 {
 		u.timeout, u.timeoutErr = o.cfg.Timeout, o.timeoutErr
 	}
+	u.retry, u.attemptErr = o.cfg.Retry.overlay(cfg.Retry), o.attemptErr
+	if d := cfg.Retry.AttemptTimeout; d != 0 {
+		u.attemptErr = &timeoutError{what: fmt.Sprintf("upstream %q Retry.AttemptTimeout", name), d: d, waiting: "for the response headers"}
+	}
 	for k, v := range cfg.Headers {
 		if http.CanonicalHeaderKey(k) == "Host" { // net/http sends Request.Host, never Header["Host"]
 			u.host = v

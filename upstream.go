@@ -50,6 +50,11 @@ type UpstreamConfig struct {
 	// origin get the largest of their counts; an HTTP/2 upstream keeps one connection, as
 	// net/http does (set 1 for one). Zero means none.
 	Prewarm int `yaml:"prewarm" json:"prewarm"`
+
+	// Retry overrides Config.Retry for this upstream, field by field: a field that is not zero
+	// (a list that is not empty) wins. MaxAttempts 1 turns retries off for it. The budget's
+	// fields belong to Config.Retry only.
+	Retry RetryConfig `yaml:"retry" json:"retry"`
 }
 
 // upstreamName is what an upstream name may look like: it is a YAML key, part of an
@@ -103,6 +108,9 @@ func (u UpstreamConfig) validate(name string, complete bool) error {
 	if u.Prewarm < 0 {
 		bad("Prewarm is %d: want zero (none) or a positive number of connections", u.Prewarm)
 	}
+	if err := u.Retry.validate(fmt.Sprintf("upstream %q Retry", name), false); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -131,6 +139,7 @@ func (u UpstreamConfig) overlay(file UpstreamConfig) UpstreamConfig {
 	if file.Prewarm != 0 {
 		u.Prewarm = file.Prewarm
 	}
+	u.Retry = u.Retry.overlay(file.Retry)
 	return u
 }
 
