@@ -26,6 +26,7 @@ func TestResponseHeaderTimeoutErrorText(t *testing.T) {
 			name = "http2"
 		}
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path != "/ok" {
 					<-r.Context().Done()

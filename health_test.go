@@ -96,7 +96,7 @@ func TestKeepAliveRaceLosesNoPost(t *testing.T) {
 		d         time.Duration
 		wantBound time.Duration // the idle bound httpfx should learn, at most
 	}{
-		{"nginx closes idle connections after 100ms", "100ms", 100 * time.Millisecond, 3 * time.Second, 150 * time.Millisecond},
+		{"nginx closes idle connections after 100ms", "100ms", 100 * time.Millisecond, 2 * time.Second, 150 * time.Millisecond},
 		{"nginx announces Keep-Alive: timeout=1", "1s 1", time.Second, 3 * time.Second, time.Second},
 	}
 	for _, tt := range tests {

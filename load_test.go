@@ -30,10 +30,7 @@ type loadPlan struct {
 // soakPlan is 20k requests from 256 goroutines, scaled down under -race (which makes each
 // request several times dearer, HTTP/2 over TLS most) so that the suite stays fast on 2 cores.
 func soakPlan() loadPlan {
-	if relRaceBuild() {
-		return loadPlan{goroutines: 256, requests: 10240, timeCap: 30 * time.Second}
-	}
-	return loadPlan{goroutines: 256, requests: 20480, timeCap: 30 * time.Second}
+	return loadPlan{goroutines: 256, requests: 10240, timeCap: 30 * time.Second}
 }
 
 // soakPool bounds the pool below the number of goroutines, so that the bound matters: the
