@@ -426,3 +426,49 @@ func TestPeerLearnsOnlyATimer(t *testing.T) {
 		})
 	}
 }
+
+// blockingObserver holds every connection close it is told until release is closed.
+type blockingObserver struct {
+	closing chan struct{} // a close is being told
+	release chan struct{}
+}
+
+func (o *blockingObserver) RequestStarted(RequestEvent)  {}
+func (o *blockingObserver) RequestFinished(RequestEvent) {}
+func (o *blockingObserver) ConnChanged(ev ConnEvent) {
+	if ev.Kind == ConnClosed {
+		o.closing <- struct{}{}
+		<-o.release
+	}
+}
+
+// Stop returns only once every observer has seen every event: a connection that net/http
+// closes while stop runs is told before stop returns, however long the observer takes.
+func TestStopWaitsForEventsBeingTold(t *testing.T) {
+	obs := &blockingObserver{closing: make(chan struct{}, 1), release: make(chan struct{})}
+	o, err := newOwner(DefaultConfig(), nil, nil, []Observer{obs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, server := net.Pipe()
+	defer server.Close()
+	dial := o.conns.wrap(func(context.Context, string, string) (net.Conn, error) { return client, nil })
+	nc, err := dial(context.Background(), "tcp", "svc.test:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.conns.announce(nc.(*conn), nil)
+	go nc.Close() // as net/http's read loop does
+	<-obs.closing
+	stopped := make(chan error, 1)
+	go func() { stopped <- o.stop(context.Background()) }()
+	select {
+	case err := <-stopped:
+		t.Fatalf("stop returned (%v) while a close was being told", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(obs.release)
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}

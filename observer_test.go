@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -529,4 +530,70 @@ func TestFailedHandshakeIsNoConnection(t *testing.T) {
 		t.Errorf("Stats: %d dialled, %d full handshakes; want 2 and 1", s.ConnsOpened, s.HandshakesFull)
 	}
 	u.RequireNoConns(t)
+}
+
+// lateObserver fails the test for any event told after stop returned.
+type lateObserver struct {
+	t       *testing.T
+	stopped atomic.Bool
+	events  atomic.Int64
+}
+
+func (o *lateObserver) event(what string) {
+	o.events.Add(1)
+	time.Sleep(time.Millisecond) // an observer that takes a moment: stop must wait for it
+	if o.stopped.Load() {
+		o.t.Errorf("%s told, or still being told, after stop returned", what)
+	}
+}
+
+func (o *lateObserver) RequestStarted(httpfx.RequestEvent)  { o.event("RequestStarted") }
+func (o *lateObserver) RequestFinished(httpfx.RequestEvent) { o.event("RequestFinished") }
+func (o *lateObserver) ConnChanged(ev httpfx.ConnEvent)     { o.event("ConnChanged " + ev.Kind.String()) }
+
+// When stop returns, every observer has seen every event of the app: connections that net/http
+// closes while stop runs (here, after every response), and requests that end as it cuts, are
+// all told first, however long the observer takes.
+func TestNoEventAfterStop(t *testing.T) {
+	t.Parallel()
+	var events int64
+	for round := range 10 {
+		obs := &lateObserver{t: t}
+		u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Connection", "close") // net/http closes each connection after its response
+			io.WriteString(w, "ok")
+		}))
+		cfg := httpfx.DefaultConfig()
+		cfg.DrainTimeout = 20 * time.Millisecond
+		res, err := httpfx.New(httpfx.Params{Config: cfg, Observers: []httpfx.Observer{obs}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < 1000; j++ {
+					resp, err := res.Client.Get(u.URL)
+					if errors.Is(err, httpfx.ErrClosed) {
+						return
+					}
+					if err == nil && (i+j)%7 != 0 { // some left open: stop cuts them
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(20+5*round) * time.Millisecond)
+		httpfx.Shutdown(context.Background(), res.Client)
+		obs.stopped.Store(true)
+		wg.Wait()
+		time.Sleep(10 * time.Millisecond) // a late event would come now
+		events += obs.events.Load()
+	}
+	if events == 0 {
+		t.Fatal("no event at all")
+	}
 }

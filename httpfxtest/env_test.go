@@ -506,3 +506,69 @@ func TestUnstoppedIdleAppFails(t *testing.T) {
 		t.Fatalf("reported %q; want the missing stop", errs)
 	}
 }
+
+// A response with no body to read (HEAD, 204, Content-Length: 0) is no leak, over HTTP/1.1 and
+// HTTP/2 alike: the same rule as httpfx's own, by the response and not by its Body's type.
+func TestNoBodyIsNoLeakOnEitherProtocol(t *testing.T) {
+	for _, scheme := range []string{"http", "https"} { // https is HTTP/2
+		for _, tt := range []struct {
+			give   string
+			method string
+			path   string
+		}{
+			{"HEAD", http.MethodHead, "/"},
+			{"204", http.MethodGet, "/empty"},
+			{"Content-Length: 0", http.MethodGet, "/zero"},
+		} {
+			t.Run(scheme+"/"+tt.give, func(t *testing.T) {
+				errs := runFake(t, func(t *fakeT) {
+					env := httpfxtest.New(t)
+					env.Host("search.internal", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+						switch r.URL.Path {
+						case "/empty":
+							w.WriteHeader(http.StatusNoContent)
+						case "/zero":
+							w.Header().Set("Content-Length", "0")
+						default:
+							io.WriteString(w, "body")
+						}
+					}))
+					var client *http.Client
+					app := fxtest.New(t, env.Module(httpfx.Module), fx.Populate(&client))
+					defer app.RequireStart().RequireStop()
+					req, _ := http.NewRequest(tt.method, scheme+"://search.internal"+tt.path, nil)
+					resp, err := client.Do(req)
+					if err != nil {
+						t.Errorf("%s: %v", tt.give, err)
+						return
+					}
+					_ = resp // the body is never closed
+				})
+				if len(errs) != 0 {
+					t.Errorf("reported %q; want nothing: the response has no body", errs)
+				}
+			})
+		}
+	}
+}
+
+// A leaked body fails the test at once with its file:line: in test mode the app's drain is
+// bounded (a second by default), not Config.DrainTimeout's 10s.
+func TestLeakFailsFast(t *testing.T) {
+	var line string
+	began := time.Now()
+	errs := runFake(t, func(t *fakeT) {
+		env := httpfxtest.New(t)
+		env.Host("search.internal", okHandler("ok"))
+		var client *http.Client
+		app := fxtest.New(t, env.Module(httpfx.Module), fx.Populate(&client))
+		defer app.RequireStart().RequireStop()
+		_, line, _ = leakyGet(client, "http://search.internal/x")
+	})
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("the leak was reported after %v; want the test mode's bound of 1s", took)
+	}
+	if len(errs) != 2 || !strings.Contains(errs[1], "sent at "+line) {
+		t.Errorf("reported %q; want the stop's cut, then the body sent at %s", errs, line)
+	}
+}
