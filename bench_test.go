@@ -20,11 +20,11 @@ import (
 )
 
 // The benchmarks below compare the owned httpfx client with a raw *http.Transport built with
-// the same Config values (raw), with the cheapest pooled one, without timeouts (rawtuned,
-// twice: rawtunedAA is the A/A control), and with httpfx's own transport alone under a plain
-// http.Client (fxtransport: what the tuned transport costs without httpfx's tracking of each
-// request), over loopback test servers. Names are
-// BenchmarkClient/<proto>/<seq|par>/<variant>, so that benchstat can put them side by side:
+// the same Config values and the same bounds, set net/http's way (raw: ResponseHeaderTimeout on
+// the transport, Timeout on the http.Client; twice: rawAA is the A/A control), and with the
+// cheapest pooled transport, without timeouts (rawtuned), over loopback test servers. Names are
+// BenchmarkClient/<proto>/<seq|par|par-ctx>/<variant>, so that benchstat can put them side by
+// side:
 //
 //	go test -bench . -benchmem -run '^$' -count 10 . | tee new.txt
 //
@@ -63,14 +63,13 @@ type benchVariant struct {
 	build func(tb testing.TB, roots *x509.CertPool) benchClient
 }
 
-// benchVariants are the clients compared. rawtunedAA is the A/A control: rawtuned again,
-// built the same way, so that its ratio to rawtuned is the noise of the run.
+// benchVariants are the clients compared. rawAA is the A/A control: raw again, built the same
+// way, so that its ratio to raw is the noise of the run.
 var benchVariants = []benchVariant{
 	{name: "httpfx", build: buildHTTPFX},
 	{name: "raw", build: buildRaw},
+	{name: "rawAA", build: buildRaw},
 	{name: "rawtuned", build: buildRawTuned},
-	{name: "rawtunedAA", build: buildRawTuned},
-	{name: "fxtransport", build: buildFXTransport},
 }
 
 // benchOrder returns benchVariants rotated left by $HTTPFX_BENCH_ROTATE (a number; default 0),
@@ -85,29 +84,17 @@ func benchOrder() []benchVariant {
 // buildHTTPFX builds the owned client with DefaultConfig, trusting roots, and stops it with
 // Shutdown.
 func buildHTTPFX(tb testing.TB, roots *x509.CertPool) benchClient {
-	return buildOwned(tb, roots, false)
+	return buildOwned(tb, roots, httpfx.DefaultConfig())
 }
 
-// buildFXTransport is buildHTTPFX sending through the owned transport from a plain
-// http.Client, past the tracker (no admission, deadlines, health checks or tracking of
-// bodies). Not a way to use httpfx: it splits httpfx's cost between its transport and its
-// tracking of each request.
-func buildFXTransport(tb testing.TB, roots *x509.CertPool) benchClient {
-	return buildOwned(tb, roots, true)
-}
-
-// buildOwned builds the owned client with DefaultConfig, trusting roots, and stops it with
-// Shutdown; bare sends through its transport alone.
-func buildOwned(tb testing.TB, roots *x509.CertPool, bare bool) benchClient {
-	res, err := httpfx.New(httpfx.Params{Config: httpfx.DefaultConfig()})
+// buildOwned builds the owned client with cfg, trusting roots, and stops it with Shutdown.
+func buildOwned(tb testing.TB, roots *x509.CertPool, cfg httpfx.Config) benchClient {
+	res, err := httpfx.New(httpfx.Params{Config: cfg})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	res.Transport.TLSClientConfig.RootCAs = roots // before first use; MinVersion is kept
 	c := res.Client
-	if bare {
-		c = &http.Client{Transport: res.Transport}
-	}
 	return benchClient{client: c, stop: func(tb testing.TB) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -289,4 +276,43 @@ func benchDo(c *http.Client, req *http.Request) error {
 		return fmt.Errorf("got status %d and %d bytes, want 200 and %d", resp.StatusCode, n, len(benchBody))
 	}
 	return nil
+}
+
+// BenchmarkNewConnection measures a request that needs a new TLS connection (the pool is
+// flushed before each), with httpfx's client session cache (cache, twice: cacheAA is the A/A
+// control) and without it (nocache: TLSSessionCacheSize 0), over TLS 1.2 and 1.3 with
+// HTTP/1.1: the cost of the full handshake that resumption saves. Names are
+// BenchmarkNewConnection/<tls12|tls13>/<variant>.
+func BenchmarkNewConnection(b *testing.B) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(benchBody) })
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		name := map[uint16]string{tls.VersionTLS12: "tls12", tls.VersionTLS13: "tls13"}[version]
+		b.Run(name, func(b *testing.B) {
+			for _, v := range []struct {
+				name  string
+				cache int
+			}{{"nocache", 0}, {"nocacheAA", 0}, {"cache", 1024}} {
+				b.Run(v.name, func(b *testing.B) {
+					u := testutil.NewUnstartedServer(b, h)
+					u.TLS = &tls.Config{MaxVersion: version}
+					u.StartTLS()
+					roots := x509.NewCertPool()
+					roots.AddCert(u.Certificate())
+					cfg := httpfx.DefaultConfig()
+					cfg.TLSSessionCacheSize = v.cache
+					c := buildOwned(b, roots, cfg)
+					defer c.stop(b)
+					b.ReportAllocs()
+					for i := 0; i < b.N; i++ {
+						httpfx.CloseIdleConnections(c.client)
+						if err := benchGet(c.client, u.URL); err != nil {
+							b.Fatal(err)
+						}
+					}
+					b.StopTimer()
+					b.ReportMetric(float64(u.Opened())/float64(b.N+0), "conns/op")
+				})
+			}
+		})
+	}
 }

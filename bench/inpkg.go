@@ -19,9 +19,10 @@ import (
 // the test binary once and runs it inpkgPlan.runs times, so that every benchmark of one run is
 // measured close in time to the others and runs pair their variants, as blocks do in the warm
 // part. Each run rotates the order of the variants by one (HTTPFX_BENCH_ROTATE), so that none
-// always runs first. A benchmark named Benchmark<group>/<variant> is compared with the variant
-// "rawtuned" of its group (the cheapest pooled transport, without timeouts); "rawtunedAA", the
-// same client again, is the A/A control.
+// always runs first. A benchmark named Benchmark<group>/<variant> is compared with the base
+// variant of its table (inpkgTables): for BenchmarkClient, "raw" (a transport with httpfx's
+// settings and bounds, set net/http's way), with "rawAA", the same client again, as the A/A
+// control; for BenchmarkNewConnection, "nocache" (no TLS session cache), with "nocacheAA".
 
 // inpkgPlan sizes the inpkg part.
 type inpkgPlan struct {
@@ -29,13 +30,17 @@ type inpkgPlan struct {
 	benchtime string // -test.benchtime of each run, e.g. "2000x"
 }
 
-// inpkgBase is the variant of a benchmark group that in-package ratios are relative to,
-// inpkgAA its A/A control, and inpkgBare httpfx's transport alone.
-const (
-	inpkgBase = "rawtuned"
-	inpkgAA   = "rawtunedAA"
-	inpkgBare = "fxtransport" // httpfx's transport alone, without the tracker
-)
+// inpkgTable is one table of the in-package benchmarks: the groups whose name starts with
+// prefix, their ratios relative to the variant base, and aa its A/A control.
+type inpkgTable struct {
+	title, prefix, base, aa string
+}
+
+// inpkgTables are the tables of the in-package benchmarks.
+var inpkgTables = []inpkgTable{
+	{"Requests over a warm pool", "Client/", "raw", "rawAA"},
+	{"Requests that need a new TLS connection", "NewConnection/", "nocache", "nocacheAA"},
+}
 
 // benchSample is one benchmark's result in one run.
 type benchSample struct {
@@ -138,10 +143,13 @@ func parseBench(out []byte, res *inpkgResult) {
 	}
 }
 
-// groups splits the benchmark names into groups (all but the last path element) and their
-// variants (the last element), both in first-seen order.
-func (r inpkgResult) groups() (groups, variants []string) {
+// groups splits the benchmark names that start with prefix into groups (all but the last path
+// element) and their variants (the last element), both in first-seen order.
+func (r inpkgResult) groups(prefix string) (groups, variants []string) {
 	for _, name := range r.order {
+		if !strings.HasPrefix(name, prefix) {
+			continue
+		}
 		g, v := splitBench(name)
 		if !slices.Contains(groups, g) {
 			groups = append(groups, g)
