@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -198,34 +197,6 @@ func relWithin(t testing.TB, d time.Duration, what string, f func()) {
 	case <-time.After(d):
 		t.Fatalf("%s still hangs after %v", what, d)
 	}
-}
-
-// waitForWithin is waitFor with its own bound.
-func waitForWithin(t testing.TB, d time.Duration, what string, cond func() bool) bool {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Errorf("timed out after %v waiting until %s", d, what)
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return true
-}
-
-// relRaceBuild reports whether the test binary was built with -race, to scale load down.
-func relRaceBuild() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
 }
 
 // settleBound bounds the wait for goroutines and descriptors to come back to their baseline.

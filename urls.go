@@ -22,12 +22,6 @@ func portOf(u *url.URL) string {
 // hostPort is the "host:port" net/http dials for u without a proxy.
 func hostPort(u *url.URL) string { return net.JoinHostPort(u.Hostname(), portOf(u)) }
 
-// originOf is u's origin, "scheme://host:port", in lower case: the key of what httpfx keeps
-// per upstream server.
-func originOf(u *url.URL) string {
-	return strings.ToLower(u.Scheme + "://" + hostPort(u))
-}
-
 // sameOrigin reports whether a and b have the same scheme, host and port.
 func sameOrigin(a, b *url.URL) bool {
 	return a.Scheme == b.Scheme && strings.EqualFold(a.Hostname(), b.Hostname()) && portOf(a) == portOf(b)
