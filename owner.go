@@ -155,7 +155,6 @@ func (o *owner) start(ctx context.Context) error {
 		zap.String("tls_min_version", c.TLSMinVersion),
 		zap.Bool("tls_extra_roots", c.TLSCAFile != "" || c.TLSCAPEM != ""),
 		zap.Bool("tls_client_certificate", c.TLSCertFile != ""),
-		zap.Time("tls_client_certificate_not_after", o.stats.Snapshot().ClientCertNotAfter),
 		zap.Int("tls_session_cache_size", c.TLSSessionCacheSize),
 		zap.Duration("tls_reload_interval", c.TLSReloadInterval),
 		zap.Bool("tls_ca_reload", c.TLSCAReload),
@@ -168,7 +167,11 @@ func (o *owner) start(ctx context.Context) error {
 		zap.Duration("http2_ping_timeout", c.HTTP2PingTimeout),
 		zap.Duration("http2_write_byte_timeout", c.HTTP2WriteByteTimeout),
 		zap.String("round_tripper", o.nextType),
+		zap.Int("retry_max_attempts", c.Retry.MaxAttempts),
 	)
+	if notAfter := o.stats.Snapshot().ClientCertNotAfter; !notAfter.IsZero() {
+		o.log.Info("httpfx client certificate", zap.Time("not_after", notAfter))
+	}
 	if c.MaxConnsPerHost == 0 || c.MaxConnsPerHost > c.MaxIdleConnsPerHost {
 		o.log.Warn("httpfx pool may open more connections per host than it keeps idle; the extra ones are closed after use",
 			zap.Int("max_conns_per_host", c.MaxConnsPerHost),
@@ -271,6 +274,10 @@ func (o *owner) drain(ctx context.Context) error {
 		zap.Int64("cut", cut),
 		zap.Int("conns_force_closed", closed),
 		zap.Int64("replayed", s.Replayed),
+		zap.Int64("retries", s.Retries),
+		zap.Int64("retries_refused_by_budget", s.BudgetRefused),
+		zap.Int64("tls_handshakes_full", s.HandshakesFull),
+		zap.Int64("tls_handshakes_resumed", s.HandshakesResumed),
 		zap.Any("conns_retired", s.ConnsRetired),
 		zap.Int("idle_bounds_learned", len(s.IdleBounds)),
 		zap.Duration("drain", time.Since(began)),
