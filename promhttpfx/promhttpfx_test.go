@@ -180,7 +180,7 @@ func TestRegistryEqualsStats(t *testing.T) {
 
 // Without a Registerer in the graph, the Module registers on prometheus.DefaultRegisterer
 // and unregisters at stop, so that the app can be built again; a second registration on one
-// registry fails fx.New.
+// registry fails start, and leaves the first in place.
 func TestRegisterers(t *testing.T) {
 	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	for i := range 2 {
@@ -203,10 +203,21 @@ func TestRegisterers(t *testing.T) {
 	first := fxtest.New(t, fx.NopLogger, withRegistry(reg), httpfx.Module, promhttpfx.Module)
 	first.RequireStart()
 	second := fx.New(fx.NopLogger, withRegistry(reg), httpfx.Module, promhttpfx.Module)
-	if err := second.Err(); err == nil || !strings.Contains(err.Error(), "promhttpfx: register: ") {
-		t.Errorf("second registration: %v, want a promhttpfx: register error", err)
+	if err := second.Err(); err != nil {
+		t.Fatalf("fx.New of the second app: %v, want nothing registered before start", err)
+	}
+	err := second.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "promhttpfx: register: ") ||
+		!strings.Contains(err.Error(), "same prometheus.Registerer") {
+		t.Errorf("second registration: %v, want a promhttpfx: register error naming the registerer", err)
+	}
+	if _, ok := value(gather(t, reg), "httpfx_requests_total"); !ok {
+		t.Error("the second app's failed start unregistered the first app's collector")
 	}
 	first.RequireStop()
+	if left := httpfxFamilies(t, reg); len(left) != 0 {
+		t.Errorf("after stop %v are still registered", left)
+	}
 	u.RequireNoConns(t)
 }
 
@@ -237,6 +248,11 @@ func TestDrainWithModule(t *testing.T) {
 		_, err := get(g.Search, refused)
 		return errors.Is(err, httpfx.ErrClosed)
 	})
+	// The first probes may have been admitted, and refused only while waiting to be sent
+	// again (a refused dial is retried); this one the closed gate refuses.
+	if _, err := get(g.Search, refused); !errors.Is(err, httpfx.ErrClosed) {
+		t.Fatalf("a request after stop began: %v, want ErrClosed", err)
+	}
 	if v, _ := value(gather(t, reg), "httpfx_requests_in_flight"); v != 1 {
 		t.Errorf("in flight during the drain = %v, want 1", v)
 	}
@@ -296,5 +312,79 @@ func TestWithoutFx(t *testing.T) {
 		t.Errorf("httpfx_connections_closed_total = %v, want 1", closed)
 	}
 	hang.Release()
+	u.RequireNoConns(t)
+}
+
+// httpfxFamilies returns the names of the httpfx_ families g gathers.
+func httpfxFamilies(t testing.TB, g prometheus.Gatherer) []string {
+	t.Helper()
+	var names []string
+	for name := range gather(t, g) {
+		if strings.HasPrefix(name, "httpfx_") {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// An app that fails, at fx.New or at start, leaves nothing registered: a second app on the
+// same registry (the graph's, or prometheus.DefaultRegisterer) registers, serves and
+// unregisters at stop.
+func TestFailedAppLeavesNothingRegistered(t *testing.T) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	errBoom := errors.New("boom")
+	reg := prometheus.NewRegistry()
+	registries := []struct {
+		give    string
+		options fx.Option
+		gather  prometheus.Gatherer
+	}{
+		{"graph", withRegistry(reg), reg},
+		{"default", fx.Options(), prometheus.DefaultGatherer},
+	}
+	failures := []struct {
+		give    string
+		options fx.Option
+		atStart bool
+	}{
+		{"invoke", fx.Invoke(func(*http.Client) error { return errBoom }), false},
+		{"start hook", fx.Invoke(func(lc fx.Lifecycle, _ *http.Client) {
+			lc.Append(fx.StartHook(func() error { return errBoom }))
+		}), true},
+	}
+	for _, r := range registries {
+		for _, f := range failures {
+			t.Run(r.give+"/"+f.give, func(t *testing.T) {
+				failed := fx.New(fx.NopLogger, r.options, httpfx.Module, promhttpfx.Module, f.options)
+				err := failed.Err()
+				if f.atStart {
+					if err != nil {
+						t.Fatalf("fx.New: %v", err)
+					}
+					err = failed.Start(context.Background())
+				}
+				if !errors.Is(err, errBoom) {
+					t.Fatalf("failed app: %v, want %v", err, errBoom)
+				}
+				if left := httpfxFamilies(t, r.gather); len(left) != 0 {
+					t.Fatalf("the failed app left %v registered", left)
+				}
+
+				var c *http.Client
+				app := fxtest.New(t, fx.NopLogger, r.options, httpfx.Module, promhttpfx.Module, fx.Populate(&c))
+				app.RequireStart()
+				if _, err := get(c, u.URL); err != nil {
+					t.Fatal(err)
+				}
+				if v, ok := value(gather(t, r.gather), "httpfx_requests_total"); !ok || v != 1 {
+					t.Errorf("the second app: httpfx_requests_total = %v (%v), want 1", v, ok)
+				}
+				app.RequireStop()
+				if left := httpfxFamilies(t, r.gather); len(left) != 0 {
+					t.Errorf("after stop %v are still registered", left)
+				}
+			})
+		}
+	}
 	u.RequireNoConns(t)
 }
