@@ -1,6 +1,7 @@
 package otelhttpfx
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/url"
@@ -88,7 +89,7 @@ func wrapRoundTripper(p tracingParams, opts []otelhttp.Option) http.RoundTripper
 	if p.Propagator != nil {
 		all = append(all, otelhttp.WithPropagators(p.Propagator))
 	}
-	return otelhttp.NewTransport(&spanAttributes{next: p.Next}, append(all, opts...)...)
+	return &tracedTransport{otel: otelhttp.NewTransport(&spanAttributes{next: p.Next}, append(all, opts...)...)}
 }
 
 // checkTracing fails fx.New if TracingWith's decorator did not run where it was given, by
@@ -103,6 +104,28 @@ func checkTracing(_ *http.Client, st *tracingState) error {
 		"through the graph's http.RoundTripper")
 }
 
+// tracedTransport is what TracingWith decorates http.RoundTripper with: otelhttp's
+// transport, over spanAttributes. It notes in the request's context the caller's span, if
+// one is recording, so that spanAttributes can tell otelhttp's span from the caller's:
+// otelhttp starts none for a request that its filter (otelhttp.WithFilter) skips. It holds
+// no state and is safe for concurrent use.
+type tracedTransport struct {
+	otel *otelhttp.Transport
+}
+
+var _ http.RoundTripper = (*tracedTransport)(nil)
+
+// callerSpanKey is the context key of the caller's span's ID, a trace.SpanID.
+type callerSpanKey struct{}
+
+// RoundTrip implements http.RoundTripper.
+func (t *tracedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if caller := trace.SpanFromContext(req.Context()); caller.IsRecording() {
+		req = req.WithContext(context.WithValue(req.Context(), callerSpanKey{}, caller.SpanContext().SpanID()))
+	}
+	return t.otel.RoundTrip(req)
+}
+
 // spanAttributes is the round tripper under otelhttp's: it sees each request as sent, with
 // its client span in its context, and sets what otelhttp does not: http.request.resend_count
 // and a redacted url.full. It holds no state and is safe for concurrent use.
@@ -115,7 +138,11 @@ var _ http.RoundTripper = (*spanAttributes)(nil)
 // RoundTrip implements http.RoundTripper: it sends req through next unchanged.
 func (t *spanAttributes) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
-	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+	span := trace.SpanFromContext(ctx)
+	if caller, ok := ctx.Value(callerSpanKey{}).(trace.SpanID); ok && caller == span.SpanContext().SpanID() {
+		return t.next.RoundTrip(req) // otelhttp started no span: this one is the caller's
+	}
+	if span.IsRecording() {
 		if n := httpfx.Attempt(ctx); n > 1 {
 			span.SetAttributes(attribute.Int("http.request.resend_count", n-1))
 		}

@@ -68,3 +68,31 @@ func TestTracingWithOptions(t *testing.T) {
 	}
 	u.RequireNoConns(t)
 }
+
+// A request otelhttp's filter skips has no span of its own: the caller's span, in its
+// context, gets none of the attributes of a client span.
+func TestFilteredRequestLeavesCallerSpan(t *testing.T) {
+	u := testutil.NewServer(t, resetFirst(t))
+	tel := newTelemetry(t)
+	app, c := startTraced(t, tel, otelhttpfx.TracingWith(otelhttp.WithFilter(func(*http.Request) bool { return false })))
+	ctx, parent := tel.tp.Tracer("test").Start(context.Background(), "caller")
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.URL+"/?sig=abc", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(req) // sent twice: the first connection is reset
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	parent.End()
+	spans := tel.spans.Ended()
+	if len(spans) != 1 || spans[0].Name() != "caller" {
+		t.Fatalf("%d spans, want only the caller's", len(spans))
+	}
+	if got := spans[0].Attributes(); len(got) != 0 {
+		t.Errorf("the caller's span has %v, want no attributes", got)
+	}
+	app.RequireStop()
+	u.RequireNoConns(t)
+}
