@@ -401,7 +401,8 @@ func TestGlobalProviders(t *testing.T) {
 	u.RequireNoConns(t)
 }
 
-// Without fx: NewObserver goes in Params.Observers, ObserveStats reads the Stats New returns.
+// Without fx: NewObserver goes in Params.Observers, ObserveStats reads the Stats New returns,
+// and the caller unregisters it after Shutdown.
 func TestWithoutFx(t *testing.T) {
 	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	tel := newTelemetry(t)
@@ -417,7 +418,6 @@ func TestWithoutFx(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer reg.Unregister()
 	for range 3 {
 		if _, err := get(res.Client, u.URL); err != nil {
 			t.Fatal(err)
@@ -433,6 +433,12 @@ func TestWithoutFx(t *testing.T) {
 	}
 	if err := httpfx.Shutdown(context.Background(), res.Client); err != nil {
 		t.Fatal(err)
+	}
+	if err := reg.Unregister(); err != nil { // the caller's: after Shutdown, so that it saw stop
+		t.Fatal(err)
+	}
+	if got := httpfxPoints(collect(t, tel.reader)); len(got) != 0 {
+		t.Errorf("after Unregister the provider still reads %v from Stats", got)
 	}
 	u.RequireNoConns(t)
 }

@@ -1,12 +1,13 @@
 // Package promhttpfx exposes httpfx's counters and request durations to Prometheus.
 //
 // Add Module beside httpfx.Module; it registers a Collector on the graph's
-// prometheus.Registerer, or on prometheus.DefaultRegisterer if the graph has none:
+// prometheus.Registerer, or on prometheus.DefaultRegisterer if the graph has none, from start
+// to stop:
 //
 //	fx.New(httpfx.Module, promhttpfx.Module, ...)
 //
 // Without fx, give NewObserver's Observer to httpfx.New and register NewCollector of the
-// Stats it returns.
+// Stats it returns; the registration is the caller's, to unregister after httpfx.Shutdown.
 package promhttpfx
 
 import (
