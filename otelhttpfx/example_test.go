@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"sync/atomic"
 
 	"github.com/httpfx/httpfx"
 	"github.com/httpfx/httpfx/otelhttpfx"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -19,9 +21,14 @@ import (
 	"go.uber.org/fx"
 )
 
-// Record the client's metrics and trace its requests with the app's providers.
+// Record the client's metrics and trace its requests with the app's providers and
+// propagator.
 func Example() {
+	var traced atomic.Int64 // requests that carried the trace context
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("traceparent") != "" {
+			traced.Add(1)
+		}
 		io.WriteString(w, "ok")
 	}))
 	defer upstream.Close()
@@ -34,10 +41,11 @@ func Example() {
 	app := fx.New(fx.NopLogger,
 		httpfx.Module,
 		otelhttpfx.Module,  // the metrics
-		otelhttpfx.Tracing, // a client span per request; at the app's top level
+		otelhttpfx.Tracing, // a client span per request; beside httpfx.Module, or at the app's top level
 		fx.Supply(
-			fx.Annotate(mp, fx.As(new(metric.MeterProvider))), // else otel.GetMeterProvider()
-			fx.Annotate(tp, fx.As(new(trace.TracerProvider))), // else otel.GetTracerProvider()
+			fx.Annotate(mp, fx.As(new(metric.MeterProvider))),                                  // else otel.GetMeterProvider()
+			fx.Annotate(tp, fx.As(new(trace.TracerProvider))),                                  // else otel.GetTracerProvider()
+			fx.Annotate(propagation.TraceContext{}, fx.As(new(propagation.TextMapPropagator))), // else otel.GetTextMapPropagator()
 		),
 		fx.Populate(&client),
 	)
@@ -52,12 +60,13 @@ func Example() {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	if err := app.Stop(context.Background()); err != nil {
-		panic(err)
-	}
 
+	// Collect before stop: the module unregisters its counters of Stats at stop.
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {
+		panic(err)
+	}
+	if err := app.Stop(context.Background()); err != nil {
 		panic(err)
 	}
 	var lines []string
@@ -73,6 +82,9 @@ func Example() {
 				if state, ok := dp.Attributes.Value("http.connection.state"); ok {
 					name += "{" + state.AsString() + "}"
 				}
+				if resumed, ok := dp.Attributes.Value("tls.resumed"); ok {
+					name += "{resumed=" + resumed.Emit() + "}"
+				}
 				lines = append(lines, fmt.Sprintf("%s (%s): %d", name, m.Unit, dp.Value))
 			}
 		}
@@ -81,17 +93,20 @@ func Example() {
 	for _, l := range lines {
 		fmt.Println(l)
 	}
-	fmt.Printf("%d spans named %q\n", len(spans.Ended()), spans.Ended()[0].Name())
+	fmt.Printf("%d spans named %q, %d traceparent headers sent\n", len(spans.Ended()), spans.Ended()[0].Name(), traced.Load())
 	// Output:
 	// http.client.active_requests ({request}): 0
-	// http.client.connection.duration (s): 1 recorded
 	// http.client.open_connections{active} ({connection}): 0
-	// http.client.open_connections{idle} ({connection}): 0
+	// http.client.open_connections{idle} ({connection}): 1
 	// http.client.request.duration (s): 3 recorded
 	// httpfx.client.connections.opened ({connection}): 1
 	// httpfx.client.requests.cut ({request}): 0
 	// httpfx.client.requests.rejected ({request}): 0
 	// httpfx.client.requests.replayed ({request}): 0
+	// httpfx.client.requests.retried ({retry}): 0
+	// httpfx.client.requests.retry_budget_refused ({retry}): 0
 	// httpfx.client.requests.waiting ({request}): 0
-	// 3 spans named "HTTP GET"
+	// httpfx.client.tls.handshakes{resumed=false} ({handshake}): 0
+	// httpfx.client.tls.handshakes{resumed=true} ({handshake}): 0
+	// 3 spans named "GET", 3 traceparent headers sent
 }

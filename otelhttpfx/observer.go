@@ -88,40 +88,118 @@ func NewObserver(mp metric.MeterProvider) (*Observer, error) {
 	return o, nil
 }
 
-// ObserveStats registers, with the Observer's meter, httpfx's counters read from s at each
-// collection: httpfx.client.connections.opened, httpfx.client.requests.cut (in flight when
-// stop's drain bound expired), httpfx.client.requests.rejected (refused with
-// httpfx.ErrClosed after stop), httpfx.client.requests.replayed (sent again because they
-// provably never reached the server) and httpfx.client.requests.waiting (admitted, without a
-// connection yet). Unregister the registration to stop reading s.
+// ObserveStats registers, with the Observer's meter, a callback that reads httpfx's counters
+// from s at each collection:
+//
+//   - httpfx.client.connections.opened ({connection}): connections the owned transport
+//     dialled;
+//   - httpfx.client.requests.cut ({request}): in flight when stop's drain bound expired;
+//   - httpfx.client.requests.rejected ({request}): refused with httpfx.ErrClosed after stop;
+//   - httpfx.client.requests.replayed ({request}): sent again because they provably never
+//     reached the server;
+//   - httpfx.client.requests.waiting ({request}, an up-down counter): admitted, without a
+//     connection yet (only with an Observer installed, which the Module does);
+//   - httpfx.client.requests.retried ({retry}): requests sent again after a failure worth a
+//     retry, each time; httpfx.client.requests.retry_budget_refused ({retry}): retries the
+//     retry budget of their origin refused;
+//   - httpfx.client.upstream.requests.retried and
+//     httpfx.client.upstream.requests.retry_budget_refused ({retry}): the same for each
+//     upstream client, with httpfx.upstream (part of the totals above);
+//   - httpfx.client.tls.handshakes ({handshake}): TLS handshakes of the connections used, with
+//     tls.resumed (true if it resumed a session);
+//   - httpfx.client.tls.certificate.not_after (s, a gauge): when the client certificate
+//     (httpfx.Config.TLSCertFile) expires, in seconds since the Unix epoch; only if one is
+//     configured.
+//
+// It returns an error if the meter refuses an instrument or the callback. The caller owns
+// the registration: Unregister it once s's client has stopped (the Module does, at stop),
+// so that the provider no longer reads s.
 func (o *Observer) ObserveStats(s *httpfx.Stats) (metric.Registration, error) {
+	inst, err := o.statsInstruments()
+	if err != nil {
+		return nil, err
+	}
+	return inst.register(o.meter, s)
+}
+
+// statsInstruments are the instruments of ObserveStats. Making them registers nothing.
+type statsInstruments struct {
+	opened, cut, rejected, replayed, retried, refused, upRetried, upRefused, handshakes metric.Int64ObservableCounter
+	waiting                                                                             metric.Int64ObservableUpDownCounter
+	notAfter                                                                            metric.Int64ObservableGauge
+}
+
+// statsInstruments makes the instruments of ObserveStats with o's meter.
+func (o *Observer) statsInstruments() (*statsInstruments, error) {
 	m := o.meter
-	opened, err1 := m.Int64ObservableCounter("httpfx.client.connections.opened",
-		metric.WithDescription("Connections the transport httpfx owns has dialled."), metric.WithUnit("{connection}"))
-	cut, err2 := m.Int64ObservableCounter("httpfx.client.requests.cut",
-		metric.WithDescription("Requests in flight that httpfx cut when the drain bound expired at stop."), metric.WithUnit("{request}"))
-	rejected, err3 := m.Int64ObservableCounter("httpfx.client.requests.rejected",
-		metric.WithDescription("Requests httpfx refused with ErrClosed after stop."), metric.WithUnit("{request}"))
-	waiting, err4 := m.Int64ObservableUpDownCounter("httpfx.client.requests.waiting",
+	i := new(statsInstruments)
+	counter := func(dst *metric.Int64ObservableCounter, name, unit, desc string) error {
+		var err error
+		*dst, err = m.Int64ObservableCounter(name, metric.WithDescription(desc), metric.WithUnit(unit))
+		return err
+	}
+	var errs [11]error
+	errs[0] = counter(&i.opened, "httpfx.client.connections.opened", "{connection}",
+		"Connections the transport httpfx owns has dialled.")
+	errs[1] = counter(&i.cut, "httpfx.client.requests.cut", "{request}",
+		"Requests in flight that httpfx cut when the drain bound expired at stop.")
+	errs[2] = counter(&i.rejected, "httpfx.client.requests.rejected", "{request}",
+		"Requests httpfx refused with ErrClosed after stop.")
+	i.waiting, errs[3] = m.Int64ObservableUpDownCounter("httpfx.client.requests.waiting",
 		metric.WithDescription("Admitted requests that have no connection yet."), metric.WithUnit("{request}"))
-	replayed, err5 := m.Int64ObservableCounter("httpfx.client.requests.replayed",
-		metric.WithDescription("Requests httpfx sent again because they provably never reached the server."), metric.WithUnit("{request}"))
-	for _, err := range []error{err1, err2, err3, err4, err5} {
+	errs[4] = counter(&i.replayed, "httpfx.client.requests.replayed", "{request}",
+		"Requests httpfx sent again because they provably never reached the server.")
+	errs[5] = counter(&i.retried, "httpfx.client.requests.retried", "{retry}",
+		"Requests httpfx sent again after a failure worth a retry, counted at each retry.")
+	errs[6] = counter(&i.refused, "httpfx.client.requests.retry_budget_refused", "{retry}",
+		"Retries that the retry budget of their origin refused.")
+	errs[7] = counter(&i.upRetried, "httpfx.client.upstream.requests.retried", "{retry}",
+		"Requests of an upstream client that httpfx sent again after a failure worth a retry, counted at each retry.")
+	errs[8] = counter(&i.upRefused, "httpfx.client.upstream.requests.retry_budget_refused", "{retry}",
+		"Retries of an upstream client that the retry budget of their origin refused.")
+	errs[9] = counter(&i.handshakes, "httpfx.client.tls.handshakes", "{handshake}",
+		"TLS handshakes of the connections the httpfx clients used, by whether they resumed a session.")
+	i.notAfter, errs[10] = m.Int64ObservableGauge("httpfx.client.tls.certificate.not_after",
+		metric.WithDescription("When the client certificate httpfx presents expires, in seconds since the Unix epoch."), metric.WithUnit("s"))
+	for _, err := range errs {
 		if err != nil {
 			return nil, fmt.Errorf("otelhttpfx: instrument: %w", err)
 		}
 	}
+	return i, nil
+}
+
+// Attribute sets of the counters read from Stats.
+var (
+	resumedSet = metric.WithAttributeSet(attribute.NewSet(attribute.Bool("tls.resumed", true)))
+	fullSet    = metric.WithAttributeSet(attribute.NewSet(attribute.Bool("tls.resumed", false)))
+)
+
+// register registers, with m, the callback that reads s into i's instruments.
+func (i *statsInstruments) register(m metric.Meter, s *httpfx.Stats) (metric.Registration, error) {
 	reg, err := m.RegisterCallback(func(_ context.Context, ob metric.Observer) error {
 		snap := s.Snapshot()
-		ob.ObserveInt64(opened, snap.ConnsOpened)
-		ob.ObserveInt64(cut, snap.Cut)
-		ob.ObserveInt64(rejected, snap.Rejected)
-		ob.ObserveInt64(replayed, snap.Replayed)
+		ob.ObserveInt64(i.opened, snap.ConnsOpened)
+		ob.ObserveInt64(i.cut, snap.Cut)
+		ob.ObserveInt64(i.rejected, snap.Rejected)
+		ob.ObserveInt64(i.replayed, snap.Replayed)
 		if snap.Waiting >= 0 {
-			ob.ObserveInt64(waiting, snap.Waiting)
+			ob.ObserveInt64(i.waiting, snap.Waiting)
+		}
+		ob.ObserveInt64(i.retried, snap.Retries)
+		ob.ObserveInt64(i.refused, snap.BudgetRefused)
+		for name, u := range snap.Upstreams {
+			up := metric.WithAttributeSet(attribute.NewSet(attribute.String("httpfx.upstream", name)))
+			ob.ObserveInt64(i.upRetried, u.Retries, up)
+			ob.ObserveInt64(i.upRefused, u.BudgetRefused, up)
+		}
+		ob.ObserveInt64(i.handshakes, snap.HandshakesFull, fullSet)
+		ob.ObserveInt64(i.handshakes, snap.HandshakesResumed, resumedSet)
+		if !snap.ClientCertNotAfter.IsZero() {
+			ob.ObserveInt64(i.notAfter, snap.ClientCertNotAfter.Unix())
 		}
 		return nil
-	}, opened, cut, rejected, waiting, replayed)
+	}, i.opened, i.cut, i.rejected, i.waiting, i.replayed, i.retried, i.refused, i.upRetried, i.upRefused, i.handshakes, i.notAfter)
 	if err != nil {
 		return nil, fmt.Errorf("otelhttpfx: register callback: %w", err)
 	}

@@ -16,7 +16,6 @@ import (
 	"github.com/httpfx/httpfx"
 	"github.com/httpfx/httpfx/internal/testutil"
 	"github.com/httpfx/httpfx/otelhttpfx"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -28,16 +27,17 @@ import (
 	"go.uber.org/fx/fxtest"
 )
 
-// telemetry is an SDK meter provider read by hand and a tracer provider that records spans.
+// telemetry is an SDK meter provider read by hand (and at each flush) and a tracer provider
+// that records spans.
 type telemetry struct {
-	reader *sdkmetric.ManualReader
+	reader *flushReader
 	spans  *tracetest.SpanRecorder
 	mp     *sdkmetric.MeterProvider
 	tp     *sdktrace.TracerProvider
 }
 
 func newTelemetry(t *testing.T) *telemetry {
-	tel := &telemetry{reader: sdkmetric.NewManualReader(), spans: tracetest.NewSpanRecorder()}
+	tel := &telemetry{reader: newFlushReader(), spans: tracetest.NewSpanRecorder()}
 	tel.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(tel.reader))
 	tel.tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(tel.spans))
 	t.Cleanup(func() {
@@ -186,35 +186,48 @@ func TestMetricsAndSpansAfterKnownLoad(t *testing.T) {
 		t.Errorf("httpfx.client.connections.opened = %d, Stats.ConnsOpened = %d", v, s.ConnsOpened)
 	}
 
-	// Spans: one per request, an error status for the 500s and the refused connection.
+	// Spans: one per request sent, an error status for the 500s and the refused connection,
+	// which is sent three times (Config.Retry's default), the resends numbered.
 	spans := tel.spans.Ended()
-	if len(spans) != shared+search+fails+1 {
-		t.Fatalf("%d spans, want %d", len(spans), shared+search+fails+1)
+	const refusedSends = 3
+	if len(spans) != shared+search+fails+refusedSends || s.Retries != refusedSends-1 {
+		t.Fatalf("%d spans, %d retries; want %d and %d", len(spans), s.Retries, shared+search+fails+refusedSends, refusedSends-1)
 	}
 	status := map[codes.Code]int{}
+	var resends []int64
 	for _, sp := range spans {
 		status[sp.Status().Code]++
-		if sp.SpanKind() != trace.SpanKindClient {
-			t.Errorf("span %q is %v, want client", sp.Name(), sp.SpanKind())
+		if sp.SpanKind() != trace.SpanKindClient || sp.Name() != "GET" {
+			t.Errorf("span %q is %v, want a client span named GET", sp.Name(), sp.SpanKind())
+		}
+		for _, kv := range sp.Attributes() {
+			if kv.Key == "http.request.resend_count" {
+				resends = append(resends, kv.Value.AsInt64())
+			}
 		}
 	}
-	if status[codes.Error] != fails+1 || status[codes.Unset] != shared+search {
-		t.Errorf("span statuses %v, want %d errors and %d unset", status, fails+1, shared+search)
+	if status[codes.Error] != fails+refusedSends || status[codes.Unset] != shared+search {
+		t.Errorf("span statuses %v, want %d errors and %d unset", status, fails+refusedSends, shared+search)
+	}
+	if !slices.Equal(resends, []int64{1, 2}) {
+		t.Errorf("resend counts %v, want [1 2]: the refused request's resends", resends)
 	}
 
-	// Stop: every connection closes; one is rejected after.
+	// Stop: every connection closes; the provider is flushed before the counters of Stats
+	// are unregistered.
 	app.RequireStop()
-	if _, err := get(g.Client, u.URL); !errors.Is(err, httpfx.ErrClosed) {
-		t.Errorf("after stop: %v, want ErrClosed", err)
-	}
 	s = g.Stats.Snapshot()
-	m = collect(t, tel.reader)
-	if v := sumInt(m, "httpfx.client.requests.rejected"); v != 1 || s.Rejected != 1 {
-		t.Errorf("rejected = %d, Stats.Rejected = %d; want 1", v, s.Rejected)
+	flushes, m := tel.reader.lastFlush()
+	if flushes != 1 {
+		t.Fatalf("%d flushes at stop, want 1", flushes)
 	}
 	if v := sumInt(m, "httpfx.client.requests.cut"); v != 0 {
 		t.Errorf("cut = %d, want 0", v)
 	}
+	if v := sumInt(m, "httpfx.client.connections.opened"); v != s.ConnsOpened {
+		t.Errorf("connections.opened flushed at stop = %d, want %d", v, s.ConnsOpened)
+	}
+	m = collect(t, tel.reader)
 	var closed uint64
 	for _, dp := range m["http.client.connection.duration"].Data.(metricdata.Histogram[float64]).DataPoints {
 		closed += dp.Count
@@ -260,8 +273,8 @@ func TestStopWithTracing(t *testing.T) {
 		app := fxtest.New(t, fx.NopLogger, tel.options(), httpfx.Module, otelhttpfx.Module, otelhttpfx.Tracing,
 			httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL}), populate(&g))
 		app.RequireStart()
-		if _, ok := g.RT.(*otelhttp.Transport); !ok {
-			t.Fatalf("round tripper is %T, want otelhttp's", g.RT)
+		if _, ok := g.RT.(*http.Transport); ok {
+			t.Fatal("the round tripper is the transport: Tracing wrapped nothing")
 		}
 		resp, err := g.Client.Get(u.URL)
 		if err != nil {
@@ -324,10 +337,11 @@ func TestStopWithTracing(t *testing.T) {
 			t.Fatalf("stop: %v, want 1 cut", err)
 		}
 		resp.Body.Close()
-		m := collect(t, tel.reader)
-		if v := sumInt(m, "httpfx.client.requests.cut"); v != 1 {
+		_, flushed := tel.reader.lastFlush() // the flush at stop, after the drain
+		if v := sumInt(flushed, "httpfx.client.requests.cut"); v != 1 {
 			t.Errorf("httpfx.client.requests.cut = %d, want 1", v)
 		}
+		m := collect(t, tel.reader)
 		var closedErr uint64
 		for _, dp := range m["http.client.request.duration"].Data.(metricdata.Histogram[float64]).DataPoints {
 			if v, _ := dp.Attributes.Value("error.type"); v.AsString() == "closed" {
@@ -387,7 +401,8 @@ func TestGlobalProviders(t *testing.T) {
 	u.RequireNoConns(t)
 }
 
-// Without fx: NewObserver goes in Params.Observers, ObserveStats reads the Stats New returns.
+// Without fx: NewObserver goes in Params.Observers, ObserveStats reads the Stats New returns,
+// and the caller unregisters it after Shutdown.
 func TestWithoutFx(t *testing.T) {
 	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	tel := newTelemetry(t)
@@ -403,7 +418,6 @@ func TestWithoutFx(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer reg.Unregister()
 	for range 3 {
 		if _, err := get(res.Client, u.URL); err != nil {
 			t.Fatal(err)
@@ -419,6 +433,12 @@ func TestWithoutFx(t *testing.T) {
 	}
 	if err := httpfx.Shutdown(context.Background(), res.Client); err != nil {
 		t.Fatal(err)
+	}
+	if err := reg.Unregister(); err != nil { // the caller's: after Shutdown, so that it saw stop
+		t.Fatal(err)
+	}
+	if got := httpfxPoints(collect(t, tel.reader)); len(got) != 0 {
+		t.Errorf("after Unregister the provider still reads %v from Stats", got)
 	}
 	u.RequireNoConns(t)
 }

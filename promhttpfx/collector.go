@@ -8,24 +8,38 @@ import (
 // Collector is a prometheus.Collector of one httpfx client's Stats, read at each scrape, and
 // of its Observer's metrics:
 //
-//	httpfx_requests_total                   counter  requests admitted
-//	httpfx_requests_in_flight               gauge    admitted, not finished
-//	httpfx_requests_failed_total            counter  admitted, ended with an error
-//	httpfx_requests_rejected_total          counter  refused with ErrClosed after stop
-//	httpfx_requests_cut_total               counter  cut when the drain bound expired
-//	httpfx_requests_waiting                 gauge    admitted, without a connection yet
-//	httpfx_connections_opened_total         counter  connections dialled
-//	httpfx_connections_open                 gauge    connections open
-//	httpfx_connections_idle                 gauge    open connections carrying no request
-//	httpfx_connections_in_use               gauge    open connections carrying a request
-//	httpfx_upstream_requests_total          counter  by upstream
-//	httpfx_upstream_requests_in_flight      gauge    by upstream
-//	httpfx_upstream_requests_failed_total   counter  by upstream
+//	httpfx_requests_total                                   counter    requests admitted
+//	httpfx_requests_in_flight                               gauge      admitted, not finished
+//	httpfx_requests_failed_total                            counter    admitted, ended with an error
+//	httpfx_requests_rejected_total                          counter    refused with ErrClosed after stop
+//	httpfx_requests_cut_total                               counter    cut when the drain bound expired
+//	httpfx_requests_waiting                                 gauge      admitted, without a connection yet
+//	httpfx_requests_replayed_total                          counter    sent again: provably never reached the server
+//	httpfx_retries_total                                    counter    sent again after a failure worth a retry, each time
+//	httpfx_retries_budget_refused_total                     counter    retries the retry budget of their origin refused
+//	httpfx_connections_opened_total                         counter    connections dialled
+//	httpfx_connections_open                                 gauge      connections open
+//	httpfx_connections_idle                                 gauge      open connections carrying no request
+//	httpfx_connections_in_use                               gauge      open connections carrying a request
+//	httpfx_connections_retired_total                        counter    by reason
+//	httpfx_idle_bound_seconds                               gauge      by address
+//	httpfx_close_idle_ignored_total                         counter    consumers' CloseIdleConnections calls
+//	httpfx_tls_handshakes_total                             counter    by resumed ("true", "false")
+//	httpfx_client_certificate_expiration_timestamp_seconds  gauge      Unix time of the client certificate's NotAfter
+//	httpfx_upstream_requests_total                          counter    by upstream
+//	httpfx_upstream_requests_in_flight                      gauge      by upstream
+//	httpfx_upstream_requests_failed_total                   counter    by upstream
+//	httpfx_upstream_requests_waiting                        gauge      by upstream, waiting for a MaxConnsPerHost slot
+//	httpfx_upstream_retries_total                           counter    by upstream
+//	httpfx_upstream_retries_budget_refused_total            counter    by upstream
+//	httpfx_request_duration_seconds                         histogram  the Observer's; see Observer
+//	httpfx_connections_closed_total                         counter    the Observer's, by reason
 //
 // httpfx_requests_waiting, httpfx_connections_idle and httpfx_connections_in_use are
-// reported only if the client has an Observer (httpfx.Snapshot says why). The upstream
-// metrics are part of the totals. A Collector is safe for concurrent use; NewCollector makes
-// one, its zero value is not usable.
+// reported only if the client has an Observer (httpfx.Snapshot says why);
+// httpfx_client_certificate_expiration_timestamp_seconds only if a client certificate is
+// configured (Config.TLSCertFile). The upstream metrics are part of the totals. A Collector
+// is safe for concurrent use; NewCollector makes one, its zero value is not usable.
 type Collector struct {
 	stats *httpfx.Stats
 	obs   *Observer // nil if none
@@ -34,6 +48,8 @@ type Collector struct {
 	opened, open, idle, inUse                          *prometheus.Desc
 	upRequests, upInFlight, upFailed, upWaiting        *prometheus.Desc
 	replayed, retired, idleBound, closeIdleIgnored     *prometheus.Desc
+	retries, budgetRefused, upRetries, upBudgetRefused *prometheus.Desc
+	handshakes, certExpiry                             *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -66,6 +82,17 @@ func NewCollector(s *httpfx.Stats, obs *Observer) *Collector {
 		idleBound:  desc("httpfx_idle_bound_seconds", "How long the server at an address keeps an idle connection, as httpfx learned it.", "address"),
 		closeIdleIgnored: desc("httpfx_close_idle_ignored_total",
 			"CloseIdleConnections calls on httpfx clients, ignored so that no consumer empties the shared pool."),
+		retries: desc("httpfx_retries_total", "Requests the httpfx client sent again after a failure worth a retry, counted at each retry."),
+		budgetRefused: desc("httpfx_retries_budget_refused_total",
+			"Retries of the httpfx client that the retry budget of their origin refused."),
+		upRetries: desc("httpfx_upstream_retries_total",
+			"Requests an httpfx upstream client sent again after a failure worth a retry, counted at each retry.", "upstream"),
+		upBudgetRefused: desc("httpfx_upstream_retries_budget_refused_total",
+			"Retries of an httpfx upstream client that the retry budget of their origin refused.", "upstream"),
+		handshakes: desc("httpfx_tls_handshakes_total",
+			"TLS handshakes of the connections the httpfx clients used, by whether they resumed a session.", "resumed"),
+		certExpiry: desc("httpfx_client_certificate_expiration_timestamp_seconds",
+			"When the client certificate httpfx presents to servers that ask for one expires, in seconds since the Unix epoch."),
 	}
 }
 
@@ -73,7 +100,8 @@ func NewCollector(s *httpfx.Stats, obs *Observer) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.inFlight, c.failed, c.rejected, c.cut, c.waiting,
 		c.opened, c.open, c.idle, c.inUse, c.upRequests, c.upInFlight, c.upFailed, c.upWaiting,
-		c.replayed, c.retired, c.idleBound, c.closeIdleIgnored} {
+		c.replayed, c.retired, c.idleBound, c.closeIdleIgnored,
+		c.retries, c.budgetRefused, c.upRetries, c.upBudgetRefused, c.handshakes, c.certExpiry} {
 		ch <- d
 	}
 	if c.obs != nil {
@@ -107,9 +135,18 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.upInFlight, u.InFlight, name)
 		counter(c.upFailed, u.Failed, name)
 		gauge(c.upWaiting, u.Waiting, name)
+		counter(c.upRetries, u.Retries, name)
+		counter(c.upBudgetRefused, u.BudgetRefused, name)
 	}
 	counter(c.replayed, s.Replayed)
 	counter(c.closeIdleIgnored, s.CloseIdleIgnored)
+	counter(c.retries, s.Retries)
+	counter(c.budgetRefused, s.BudgetRefused)
+	counter(c.handshakes, s.HandshakesFull, "false")
+	counter(c.handshakes, s.HandshakesResumed, "true")
+	if !s.ClientCertNotAfter.IsZero() {
+		gauge(c.certExpiry, s.ClientCertNotAfter.Unix())
+	}
 	for reason, n := range s.ConnsRetired {
 		counter(c.retired, n, reason)
 	}

@@ -1,18 +1,20 @@
 // Package promhttpfx exposes httpfx's counters and request durations to Prometheus.
 //
 // Add Module beside httpfx.Module; it registers a Collector on the graph's
-// prometheus.Registerer, or on prometheus.DefaultRegisterer if the graph has none:
+// prometheus.Registerer, or on prometheus.DefaultRegisterer if the graph has none, from start
+// to stop:
 //
 //	fx.New(httpfx.Module, promhttpfx.Module, ...)
 //
 // Without fx, give NewObserver's Observer to httpfx.New and register NewCollector of the
-// Stats it returns.
+// Stats it returns; the registration is the caller's, to unregister after httpfx.Shutdown.
 package promhttpfx
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 
 	"github.com/httpfx/httpfx"
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,10 +23,15 @@ import (
 
 // Module adds an *Observer to the value group "httpfx.observers" and registers a Collector of
 // httpfx.Stats and that Observer on the prometheus.Registerer of the graph, if there is one,
-// else on prometheus.DefaultRegisterer. A registration that fails (the same metrics
-// registered twice) fails fx.New. The Collector is unregistered at stop, after httpfx's own
-// stop, so that what the drain did can be scraped until then, and an app built again in the
-// same process can register again.
+// else on prometheus.DefaultRegisterer.
+//
+// It registers the Collector at start, before httpfx starts, and unregisters it at stop,
+// after httpfx's own stop, so that what the drain did can be scraped until then. An app that
+// fails at fx.New has registered nothing; one that fails at start has unregistered what it
+// registered by the time Start returns (fx stops what started); one that stopped has
+// unregistered it by the time Stop returns, so that another app can register on the same
+// registry. A registration that fails (the same metrics registered already, by another app
+// that has started and not stopped) fails start with an error that says so.
 var Module = fx.Module("promhttpfx",
 	fx.Provide(
 		fx.Private,
@@ -33,7 +40,7 @@ var Module = fx.Module("promhttpfx",
 	fx.Provide(
 		fx.Annotate(func(r *registration) httpfx.Observer { return r.obs }, fx.ResultTags(`group:"httpfx.observers"`)),
 	),
-	fx.Invoke(func(r *registration, s *httpfx.Stats) error { return r.register(NewCollector(s, r.obs)) }),
+	fx.Invoke(func(r *registration, s *httpfx.Stats) { r.c = NewCollector(s, r.obs) }),
 )
 
 // registrationParams are the inputs of the Module.
@@ -44,14 +51,15 @@ type registrationParams struct {
 	Registerer prometheus.Registerer `optional:"true"`
 }
 
-// registration is the Module's Observer and where its Collector goes. It is built before
-// httpfx's client, which takes the Observer, so its stop hook runs after httpfx's.
+// registration is the Module's Observer, and its Collector with where it goes. It is built
+// before httpfx's client, which takes the Observer, so its hook starts before httpfx's and
+// stops after it. fx runs the hooks one at a time, after fx.New has set c.
 type registration struct {
 	obs *Observer
 	reg prometheus.Registerer
+	c   prometheus.Collector // set by the Module's Invoke, in fx.New
 
-	mu sync.Mutex
-	c  prometheus.Collector // registered; nil before
+	registered bool // c is registered on reg: between a start that registered and stop
 }
 
 func newRegistration(p registrationParams) *registration {
@@ -59,27 +67,29 @@ func newRegistration(p registrationParams) *registration {
 	if r.reg == nil {
 		r.reg = prometheus.DefaultRegisterer
 	}
-	p.Lifecycle.Append(fx.StopHook(r.unregister))
+	p.Lifecycle.Append(fx.Hook{OnStart: r.register, OnStop: r.unregister})
 	return r
 }
 
-func (r *registration) register(c prometheus.Collector) error {
-	if err := r.reg.Register(c); err != nil {
+// register registers the Collector, at start.
+func (r *registration) register(context.Context) error {
+	if err := r.reg.Register(r.c); err != nil {
+		if errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return fmt.Errorf("promhttpfx: register: %w: an app with promhttpfx.Module that has started and not stopped, or another Collector of httpfx, is registered on the same prometheus.Registerer", err)
+		}
 		return fmt.Errorf("promhttpfx: register: %w", err)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.c = c
+	r.registered = true
 	return nil
 }
 
-func (r *registration) unregister() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.c != nil {
+// unregister unregisters the Collector, at stop.
+func (r *registration) unregister(context.Context) error {
+	if r.registered {
 		r.reg.Unregister(r.c)
-		r.c = nil
+		r.registered = false
 	}
+	return nil
 }
 
 // Observer is an httpfx.Observer that records, for Prometheus, each request's duration in

@@ -92,8 +92,10 @@ func value(mfs map[string]*dto.MetricFamily, name string, labels ...string) (flo
 	return 0, false
 }
 
-// After a known load through the shared and an upstream client, the registry gathers values
-// equal to Stats and the request durations by label, and the linter finds nothing.
+// After a known load through the shared and upstream clients (successes, 404s, a refused
+// port, a reset retried, retries the budget refuses, TLS handshakes full and resumed, a client
+// certificate), the registry gathers values equal to Stats and the request durations by
+// label, and the linter finds nothing.
 func TestRegistryEqualsStats(t *testing.T) {
 	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/missing") {
@@ -102,14 +104,25 @@ func TestRegistryEqualsStats(t *testing.T) {
 		}
 		io.WriteString(w, "ok")
 	}))
+	flaky := testutil.NewServer(t, resetFirst(t)) // a new connection, so that net/http does not retry it itself
+	tlsSrv := testutil.NewTLSServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), false)
 	refused := testutil.ClosedURL(t)
+	certFile, keyFile, notAfter := clientCert(t)
+	cfg := httpfx.DefaultConfig()
+	cfg.TLSCAPEM = certPEM(tlsSrv.Certificate())
+	cfg.TLSCertFile, cfg.TLSKeyFile = certFile, keyFile
+	cfg.Retry.BudgetPercent, cfg.Retry.BudgetPerSecond = 0, 1 // 10 retries per origin in 10s
 	reg := prometheus.NewRegistry()
 	var g graph
-	app := fxtest.New(t, fx.NopLogger, withRegistry(reg), httpfx.Module, promhttpfx.Module,
-		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL + "/search/"}), populate(&g))
+	var down *http.Client
+	app := fxtest.New(t, fx.NopLogger, withRegistry(reg), fx.Replace(cfg), httpfx.Module, promhttpfx.Module,
+		httpfx.Upstream("search", httpfx.UpstreamConfig{BaseURL: u.URL + "/search/"}),
+		httpfx.Upstream("down", httpfx.UpstreamConfig{BaseURL: refused + "/"}),
+		fx.Invoke(fx.Annotate(func(c *http.Client) { down = c }, fx.ParamTags(`name:"down"`))),
+		populate(&g))
 	app.RequireStart()
 
-	const shared, search, missing = 10, 5, 2
+	const shared, search, missing, secure, downs = 10, 5, 2, 2, 6
 	for range shared {
 		if code, err := get(g.Client, u.URL); err != nil || code != 200 {
 			t.Fatalf("GET: %d, %v", code, err)
@@ -125,8 +138,26 @@ func TestRegistryEqualsStats(t *testing.T) {
 			t.Fatalf("GET missing: %d, want 404", code)
 		}
 	}
+	if code, err := get(g.Client, flaky.URL); err != nil || code != 200 {
+		t.Fatalf("GET of a reset: %d, %v; want the retry's 200", code, err)
+	}
+	for i := range secure { // a full handshake, then one that resumes its session
+		if code, err := get(g.Client, tlsSrv.URL); err != nil || code != 200 {
+			t.Fatalf("GET over TLS: %d, %v", code, err)
+		}
+		if i == 0 {
+			httpfx.CloseIdleConnections(g.Client)
+		}
+	}
+	// The refused port's origin has a budget of 10 retries: the shared client's request takes
+	// 2, the down upstream's the rest, until the budget refuses.
 	if _, err := get(g.Client, refused); err == nil {
 		t.Fatal("GET of a closed port succeeded")
+	}
+	for range downs {
+		if _, err := get(down, "x"); err == nil {
+			t.Fatal("GET of a closed port succeeded")
+		}
 	}
 
 	mfs := gather(t, reg)
@@ -142,17 +173,33 @@ func TestRegistryEqualsStats(t *testing.T) {
 		{"httpfx_requests_rejected_total", nil, s.Rejected},
 		{"httpfx_requests_cut_total", nil, s.Cut},
 		{"httpfx_requests_waiting", nil, s.Waiting},
+		{"httpfx_requests_replayed_total", nil, s.Replayed},
+		{"httpfx_retries_total", nil, s.Retries},
+		{"httpfx_retries_budget_refused_total", nil, s.BudgetRefused},
 		{"httpfx_connections_opened_total", nil, s.ConnsOpened},
 		{"httpfx_connections_open", nil, s.ConnsOpen},
 		{"httpfx_connections_idle", nil, s.ConnsIdle},
 		{"httpfx_connections_in_use", nil, s.ConnsInUse},
+		{"httpfx_connections_retired_total", []string{"reason", httpfx.RetiredIdle}, s.ConnsRetired[httpfx.RetiredIdle]},
+		{"httpfx_close_idle_ignored_total", nil, s.CloseIdleIgnored},
+		{"httpfx_tls_handshakes_total", []string{"resumed", "false"}, s.HandshakesFull},
+		{"httpfx_tls_handshakes_total", []string{"resumed", "true"}, s.HandshakesResumed},
+		{"httpfx_client_certificate_expiration_timestamp_seconds", nil, s.ClientCertNotAfter.Unix()},
 		{"httpfx_upstream_requests_total", []string{"upstream", "search"}, s.Upstreams["search"].Requests},
 		{"httpfx_upstream_requests_in_flight", []string{"upstream", "search"}, s.Upstreams["search"].InFlight},
 		{"httpfx_upstream_requests_failed_total", []string{"upstream", "search"}, s.Upstreams["search"].Failed},
-		{"httpfx_request_duration_seconds", []string{"upstream", "", "method", "GET", "code", "200", "error", ""}, shared},
+		{"httpfx_upstream_requests_waiting", []string{"upstream", "search"}, s.Upstreams["search"].Waiting},
+		{"httpfx_upstream_retries_total", []string{"upstream", "search"}, s.Upstreams["search"].Retries},
+		{"httpfx_upstream_retries_budget_refused_total", []string{"upstream", "search"}, s.Upstreams["search"].BudgetRefused},
+		{"httpfx_upstream_requests_total", []string{"upstream", "down"}, s.Upstreams["down"].Requests},
+		{"httpfx_upstream_requests_failed_total", []string{"upstream", "down"}, s.Upstreams["down"].Failed},
+		{"httpfx_upstream_retries_total", []string{"upstream", "down"}, s.Upstreams["down"].Retries},
+		{"httpfx_upstream_retries_budget_refused_total", []string{"upstream", "down"}, s.Upstreams["down"].BudgetRefused},
+		{"httpfx_request_duration_seconds", []string{"upstream", "", "method", "GET", "code", "200", "error", ""}, shared + secure + 1},
 		{"httpfx_request_duration_seconds", []string{"upstream", "search", "code", "200"}, search},
 		{"httpfx_request_duration_seconds", []string{"upstream", "search", "code", "404"}, missing},
 		{"httpfx_request_duration_seconds", []string{"upstream", "", "code", "", "error", "connection"}, 1},
+		{"httpfx_request_duration_seconds", []string{"upstream", "down", "code", "", "error", "connection"}, downs},
 	}
 	for _, tt := range tests {
 		got, ok := value(mfs, tt.give, tt.labels...)
@@ -160,7 +207,10 @@ func TestRegistryEqualsStats(t *testing.T) {
 			t.Errorf("%s%v = %v (found %v), want %d", tt.give, tt.labels, got, ok, tt.want)
 		}
 	}
-	if s.Requests != shared+search+missing+1 || s.Failed != 1 || s.ConnsIdle != s.ConnsOpen {
+	if s.Requests != shared+search+missing+1+secure+1+downs || s.Failed != 1+downs || s.ConnsIdle != s.ConnsOpen ||
+		s.Upstreams["search"].Retries != 0 || s.Retries != 1+10 || s.BudgetRefused == 0 ||
+		s.Upstreams["down"].BudgetRefused != s.BudgetRefused || s.HandshakesFull != 1 || s.HandshakesResumed != 1 ||
+		!s.ClientCertNotAfter.Equal(notAfter) {
 		t.Errorf("Stats %+v: the load is not what the test meant", s)
 	}
 	problems, err := promtest.GatherAndLint(reg)
@@ -176,11 +226,13 @@ func TestRegistryEqualsStats(t *testing.T) {
 		t.Errorf("%d metric families left after stop, want the collector unregistered", n)
 	}
 	u.RequireNoConns(t)
+	flaky.RequireNoConns(t)
+	tlsSrv.RequireNoConns(t)
 }
 
 // Without a Registerer in the graph, the Module registers on prometheus.DefaultRegisterer
 // and unregisters at stop, so that the app can be built again; a second registration on one
-// registry fails fx.New.
+// registry fails start, and leaves the first in place.
 func TestRegisterers(t *testing.T) {
 	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	for i := range 2 {
@@ -203,10 +255,21 @@ func TestRegisterers(t *testing.T) {
 	first := fxtest.New(t, fx.NopLogger, withRegistry(reg), httpfx.Module, promhttpfx.Module)
 	first.RequireStart()
 	second := fx.New(fx.NopLogger, withRegistry(reg), httpfx.Module, promhttpfx.Module)
-	if err := second.Err(); err == nil || !strings.Contains(err.Error(), "promhttpfx: register: ") {
-		t.Errorf("second registration: %v, want a promhttpfx: register error", err)
+	if err := second.Err(); err != nil {
+		t.Fatalf("fx.New of the second app: %v, want nothing registered before start", err)
+	}
+	err := second.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "promhttpfx: register: ") ||
+		!strings.Contains(err.Error(), "same prometheus.Registerer") {
+		t.Errorf("second registration: %v, want a promhttpfx: register error naming the registerer", err)
+	}
+	if _, ok := value(gather(t, reg), "httpfx_requests_total"); !ok {
+		t.Error("the second app's failed start unregistered the first app's collector")
 	}
 	first.RequireStop()
+	if left := httpfxFamilies(t, reg); len(left) != 0 {
+		t.Errorf("after stop %v are still registered", left)
+	}
 	u.RequireNoConns(t)
 }
 
@@ -237,6 +300,11 @@ func TestDrainWithModule(t *testing.T) {
 		_, err := get(g.Search, refused)
 		return errors.Is(err, httpfx.ErrClosed)
 	})
+	// The first probes may have been admitted, and refused only while waiting to be sent
+	// again (a refused dial is retried); this one the closed gate refuses.
+	if _, err := get(g.Search, refused); !errors.Is(err, httpfx.ErrClosed) {
+		t.Fatalf("a request after stop began: %v, want ErrClosed", err)
+	}
 	if v, _ := value(gather(t, reg), "httpfx_requests_in_flight"); v != 1 {
 		t.Errorf("in flight during the drain = %v, want 1", v)
 	}
@@ -296,5 +364,79 @@ func TestWithoutFx(t *testing.T) {
 		t.Errorf("httpfx_connections_closed_total = %v, want 1", closed)
 	}
 	hang.Release()
+	u.RequireNoConns(t)
+}
+
+// httpfxFamilies returns the names of the httpfx_ families g gathers.
+func httpfxFamilies(t testing.TB, g prometheus.Gatherer) []string {
+	t.Helper()
+	var names []string
+	for name := range gather(t, g) {
+		if strings.HasPrefix(name, "httpfx_") {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// An app that fails, at fx.New or at start, leaves nothing registered: a second app on the
+// same registry (the graph's, or prometheus.DefaultRegisterer) registers, serves and
+// unregisters at stop.
+func TestFailedAppLeavesNothingRegistered(t *testing.T) {
+	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	errBoom := errors.New("boom")
+	reg := prometheus.NewRegistry()
+	registries := []struct {
+		give    string
+		options fx.Option
+		gather  prometheus.Gatherer
+	}{
+		{"graph", withRegistry(reg), reg},
+		{"default", fx.Options(), prometheus.DefaultGatherer},
+	}
+	failures := []struct {
+		give    string
+		options fx.Option
+		atStart bool
+	}{
+		{"invoke", fx.Invoke(func(*http.Client) error { return errBoom }), false},
+		{"start hook", fx.Invoke(func(lc fx.Lifecycle, _ *http.Client) {
+			lc.Append(fx.StartHook(func() error { return errBoom }))
+		}), true},
+	}
+	for _, r := range registries {
+		for _, f := range failures {
+			t.Run(r.give+"/"+f.give, func(t *testing.T) {
+				failed := fx.New(fx.NopLogger, r.options, httpfx.Module, promhttpfx.Module, f.options)
+				err := failed.Err()
+				if f.atStart {
+					if err != nil {
+						t.Fatalf("fx.New: %v", err)
+					}
+					err = failed.Start(context.Background())
+				}
+				if !errors.Is(err, errBoom) {
+					t.Fatalf("failed app: %v, want %v", err, errBoom)
+				}
+				if left := httpfxFamilies(t, r.gather); len(left) != 0 {
+					t.Fatalf("the failed app left %v registered", left)
+				}
+
+				var c *http.Client
+				app := fxtest.New(t, fx.NopLogger, r.options, httpfx.Module, promhttpfx.Module, fx.Populate(&c))
+				app.RequireStart()
+				if _, err := get(c, u.URL); err != nil {
+					t.Fatal(err)
+				}
+				if v, ok := value(gather(t, r.gather), "httpfx_requests_total"); !ok || v != 1 {
+					t.Errorf("the second app: httpfx_requests_total = %v (%v), want 1", v, ok)
+				}
+				app.RequireStop()
+				if left := httpfxFamilies(t, r.gather); len(left) != 0 {
+					t.Errorf("after stop %v are still registered", left)
+				}
+			})
+		}
+	}
 	u.RequireNoConns(t)
 }
