@@ -15,8 +15,10 @@ const budgetWindow = 10
 const maxBudgets = 4096
 
 // budgets are the retry budgets of one owner, one per origin (the URL's scheme and host as
-// written): process-wide, shared by the shared client and every upstream client, since they
-// all load the same servers. It is safe for concurrent use.
+// written): kept with the pool, so shared by the shared client and every upstream client,
+// since they all load the same servers. An fx app has one pool, so a service has one budget
+// per origin; two apps in one process (tests, mostly) keep theirs apart, as there are no
+// globals. It is safe for concurrent use.
 type budgets struct {
 	percent, perSecond int64 // Config.Retry's BudgetPercent and BudgetPerSecond
 	clock              *clock

@@ -423,7 +423,7 @@ func (c RetryConfig) validate(prefix string, budget bool) error {
 	}
 	switch {
 	case !budget && (c.BudgetPercent != 0 || c.BudgetPerSecond != 0):
-		bad("BudgetPercent", "and BudgetPerSecond are set: the retry budget is one per origin for the process; set it in Config.Retry")
+		bad("BudgetPercent", "and BudgetPerSecond are set: the retry budget is one per origin for the whole pool; set it in Config.Retry")
 	case c.BudgetPercent < 0 || c.BudgetPercent > 100:
 		bad("BudgetPercent", "is %d: want 0 to 100", c.BudgetPercent)
 	case c.BudgetPerSecond < 0:

@@ -66,7 +66,7 @@ type Snapshot struct {
 	Requests    int64 // requests admitted
 	InFlight    int64 // admitted requests not yet finished: from admission (waiting for an upstream's slot or a connection included) until the body is closed, read to EOF or fails, or the context ends
 	Failed      int64 // admitted requests that ended with an error (round trip or body read)
-	Rejected    int64 // requests refused with ErrClosed because the client was stopped
+	Rejected    int64 // requests refused with ErrClosed at admission because the client was stopped; an admitted request whose retry stop ended is Failed
 	ConnsOpened int64 // connections the owned transport dialled
 	ConnsOpen   int64 // connections of the owned transport open now
 	Cut         int64 // in-flight requests cut because the drain bound expired at stop
