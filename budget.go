@@ -48,6 +48,13 @@ func newBudgets(percent, perSecond int, clk *clock) *budgets {
 	return &budgets{percent: int64(percent), perSecond: int64(perSecond), clock: clk}
 }
 
+// request counts a request sent to u's origin and returns the origin's budget.
+func (bs *budgets) request(u *url.URL) *budget {
+	b := bs.of(u)
+	b.slot(bs.clock.now()).requests.Add(1)
+	return b
+}
+
 // of returns the budget of u's origin.
 func (bs *budgets) of(u *url.URL) *budget {
 	key := origin{u.Scheme, u.Host}
@@ -89,9 +96,6 @@ func (b *budget) slot(now int64) *budgetSlot {
 	}
 	return s
 }
-
-// request counts a request sent to the origin.
-func (bs *budgets) request(b *budget) { b.slot(bs.clock.now()).requests.Add(1) }
 
 // retry reports whether the budget has room for one more retry, and counts it if so.
 func (bs *budgets) retry(b *budget) bool {

@@ -56,6 +56,7 @@ type request struct {
 	cut     atomic.Bool                 // stop cut it
 	ended   atomic.Bool                 // end has run
 	unwatch atomic.Pointer[func() bool] // undoes watch; nil unless watched
+	unclose atomic.Pointer[func() bool] // undoes closeAtEnd; nil unless the request body streams
 	body    bodyReader                  // the wrapper of rc the caller reads
 }
 
@@ -240,6 +241,9 @@ func (r *request) end(err error) {
 	if unwatch := r.unwatch.Load(); unwatch != nil {
 		(*unwatch)()
 	}
+	if unclose := r.unclose.Load(); unclose != nil {
+		(*unclose)()
+	}
 	if r.cancelAttempt != nil {
 		r.cancelAttempt(nil)
 	}
@@ -284,6 +288,16 @@ func (r *request) cutNow() {
 func (r *request) watch() {
 	unwatch := context.AfterFunc(r.ctx, func() { r.end(r.why(context.Cause(r.ctx))) })
 	r.unwatch.Store(&unwatch)
+}
+
+// closeAtEnd closes body, a request body that may stream (it has no GetBody), if the request's
+// context ends before the request is finished. net/http's HTTP/1 transport returns a cancelled
+// round trip only once its writer stops, and its writer may wait in the body's Read for a
+// producer that stalled (HTTP/2 closes the body itself): a deadline or stop then ends the
+// request as for any other.
+func (r *request) closeAtEnd(body io.Closer) {
+	unclose := context.AfterFunc(r.ctx, func() { body.Close() })
+	r.unclose.Store(&unclose)
 }
 
 // bodyReader is the response body the caller reads: the request stays in flight until it is

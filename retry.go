@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -20,7 +21,7 @@ import (
 // process). A request is sent again only if it is safe to: its method is idempotent (GET,
 // HEAD, OPTIONS, TRACE, PUT, DELETE) or it carries an Idempotency-Key or X-Idempotency-Key
 // header, and its body can be sent again (none, GetBody, or one of at most MaxBufferBytes that
-// httpfx buffers). A request opts out with WithoutRetry. A request proven never to have
+// httpfx kept as it was sent). A request opts out with WithoutRetry. A request proven never to have
 // reached the server is sent again whatever its method, outside these settings.
 type RetryConfig struct {
 	// MaxAttempts is how many times at most one request is sent, the first time included. In
@@ -54,9 +55,11 @@ type RetryConfig struct {
 	// for, and the response is returned. Zero means Retry-After is ignored. Default 2s.
 	RetryAfterMax time.Duration `yaml:"retry_after_max" json:"retry_after_max"`
 
-	// MaxBufferBytes is the largest request body without GetBody that httpfx reads ahead and
-	// keeps, so that it can be sent again; a larger one is streamed and never retried. Zero
-	// means none is buffered. Default 65536.
+	// MaxBufferBytes is the largest request body without GetBody that httpfx keeps as the
+	// transport sends it, so that it can be sent again once it was read whole; nothing is read
+	// ahead, so a body that streams is sent as net/http alone would. A larger body, or one the
+	// transport had not read to its end when the attempt failed, is not retried. Zero means
+	// none is kept. Default 65536.
 	MaxBufferBytes int64 `yaml:"max_buffer_bytes" json:"max_buffer_bytes"`
 
 	// BudgetPercent bounds the retries to one origin (scheme and host) over the last 10 seconds
@@ -116,10 +119,12 @@ func Attempt(ctx context.Context) int {
 // its deadline and its origin's budget, after a backoff. It returns the last response or error.
 func (t *roundTripper) send(r *request, req *http.Request) (*http.Response, error) {
 	o, pol := t.o, r.retry
-	b := o.budgets.of(req.URL)
-	o.budgets.request(b)
-	if pol.MaxAttempts > 1 && req.Body != nil && req.Body != http.NoBody && req.GetBody == nil && safeToRetry(req) {
-		req = bufferBody(req, pol.MaxBufferBytes)
+	b := o.budgets.request(req.URL)
+	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		r.closeAtEnd(req.Body)
+		if pol.MaxAttempts > 1 && safeToRetry(req) {
+			req = keepBody(req, pol.MaxBufferBytes)
+		}
 	}
 	tries, replays := 0, 0
 	for {
@@ -323,42 +328,63 @@ func drain(resp *http.Response) {
 	resp.Body.Close()
 }
 
-// bufferBody returns req with its body read ahead into memory, with a GetBody, if it holds
-// at most limit bytes; else req with its body as it was (what was read, then the rest).
-func bufferBody(req *http.Request, limit int64) *http.Request {
+// keepBody returns req with a body that keeps what the transport reads of req's, up to limit
+// bytes, and a GetBody that gives it back once the transport has read it whole: a retry can
+// then send it again. Nothing is read ahead of the transport, so a body that streams (an
+// upload forwarded, a pipe) is read as net/http alone would, within the request's deadline.
+func keepBody(req *http.Request, limit int64) *http.Request {
 	if limit <= 0 || req.ContentLength > limit {
 		return req
 	}
-	var buf bytes.Buffer
-	n, err := io.Copy(&buf, io.LimitReader(req.Body, limit+1))
+	k := &keptBody{body: req.Body, limit: limit}
 	r := *req
-	if err != nil || n > limit {
-		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf.Bytes()), req.Body), req.Body}
-		if err != nil {
-			r.Body = readCloser{io.MultiReader(bytes.NewReader(buf.Bytes()), errReader{err}), req.Body}
-		}
-		return &r
-	}
-	req.Body.Close()
-	data := buf.Bytes()
-	r.Body = io.NopCloser(bytes.NewReader(data))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
-	r.ContentLength = int64(len(data))
+	r.Body = k
+	r.GetBody = k.again
 	return &r
 }
 
-// readCloser reads from one reader and closes another.
-type readCloser struct {
-	io.Reader
-	c io.Closer
+// keptBody passes a request body through and keeps what is read of it, up to limit bytes.
+// The transport may still read it while a retry asks for it again, hence the lock.
+type keptBody struct {
+	body  io.ReadCloser
+	limit int64
+
+	mu    sync.Mutex
+	kept  []byte
+	whole bool // read to io.EOF within limit
+	over  bool // past limit: not kept
 }
 
-func (r readCloser) Close() error { return r.c.Close() }
+func (k *keptBody) Read(p []byte) (int, error) {
+	n, err := k.body.Read(p)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	switch {
+	case k.over:
+	case int64(len(k.kept)+n) > k.limit:
+		k.over, k.kept = true, nil
+	default:
+		k.kept = append(k.kept, p[:n]...)
+		k.whole = err == io.EOF
+	}
+	return n, err
+}
 
-// errReader fails every read with err.
-type errReader struct{ err error }
+func (k *keptBody) Close() error { return k.body.Close() }
 
-func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+// again returns the body, to send again, if it was read whole.
+func (k *keptBody) again() (io.ReadCloser, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.whole {
+		return nil, errNotKept
+	}
+	return io.NopCloser(bytes.NewReader(k.kept)), nil
+}
+
+// errNotKept says a body without GetBody cannot be sent again: the transport did not read it
+// whole, or it is longer than MaxBufferBytes.
+var errNotKept = errors.New("httpfx: the request body was not read whole before the failure, or is longer than retry.max_buffer_bytes: it cannot be sent again")
 
 // neverSent reports whether err proves that the request never reached the server, so that it
 // can be sent again whatever its method (RFC 9110 §9.2.2 allows it when the client "can detect

@@ -71,7 +71,7 @@ func TestRetryOnlySafeRequests(t *testing.T) {
 		{give: "POST", method: "POST", body: strings.NewReader("x"), attempts: 3},
 		{give: "POST with an Idempotency-Key", method: "POST", header: "Idempotency-Key", body: strings.NewReader("x"), attempts: 3, wantRetry: true},
 		{give: "POST with an X-Idempotency-Key", method: "POST", header: "X-Idempotency-Key", body: strings.NewReader("x"), attempts: 3, wantRetry: true},
-		{give: "PUT with a small body httpfx buffers", method: "PUT", body: iotest.OneByteReader(strings.NewReader("x")), attempts: 3, wantRetry: true},
+		{give: "PUT with a small body httpfx keeps as it is sent", method: "PUT", body: iotest.OneByteReader(strings.NewReader("x")), attempts: 3, wantRetry: true},
 		{give: "PUT with a body past MaxBufferBytes", method: "PUT", body: iotest.OneByteReader(strings.NewReader(strings.Repeat("x", 100<<10))), attempts: 3},
 		{give: "GET WithoutRetry", method: "GET", noRetry: true, attempts: 3},
 		{give: "GET, MaxAttempts 1", method: "GET", attempts: 1},
@@ -287,3 +287,71 @@ func TestAttemptTimeout(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// A body that streams is never read ahead of the transport, and a request whose producer
+// stalls ends at the client's Timeout or at stop's cut: net/http's HTTP/1 transport alone would
+// wait in the body's Read for ever.
+func TestStalledRequestBodyEnds(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		give    string
+		method  string
+		timeout time.Duration // Config.Timeout; zero: none, stop ends it
+		want    error
+	}{
+		{give: "PUT past Timeout", method: http.MethodPut, timeout: 300 * time.Millisecond, want: context.DeadlineExceeded},
+		{give: "POST past Timeout", method: http.MethodPost, timeout: 300 * time.Millisecond, want: context.DeadlineExceeded},
+		{give: "PUT cut by stop", method: http.MethodPut, want: httpfx.ErrClosed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.give, func(t *testing.T) {
+			t.Parallel()
+			first := make(chan string, 1)
+			srv := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				br := bufio.NewReader(r.Body)
+				line, _ := br.ReadString('\n')
+				first <- line
+				io.Copy(io.Discard, br) // the rest never comes: ends when the client gives up
+			}))
+			app, g := relApp(t, func(c *httpfx.Config) {
+				c.Timeout = tt.timeout
+				c.DrainTimeout = 200 * time.Millisecond
+			})
+			pr, pw := io.Pipe()
+			defer pw.Close()
+			go pw.Write([]byte("first chunk\n")) // then the producer stalls; ends with pw.Close
+			req, _ := http.NewRequest(tt.method, srv.URL, pr)
+			done := make(chan error, 1)
+			go func() {
+				resp, err := g.Client.Do(req)
+				if err == nil {
+					resp.Body.Close()
+				}
+				done <- err
+			}()
+			select {
+			case line := <-first:
+				if line != "first chunk\n" {
+					t.Errorf("the server read %q first", line)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the server got nothing of the body in 5s: it was read ahead")
+			}
+			if tt.timeout == 0 {
+				if err := app.Stop(context.Background()); err == nil || !strings.Contains(err.Error(), "cut 1") {
+					t.Errorf("stop: %v; want it to say it cut the request", err)
+				}
+			} else {
+				defer app.RequireStop()
+			}
+			select {
+			case err := <-done:
+				if !errors.Is(err, tt.want) {
+					t.Errorf("Do: %v; want %v", err, tt.want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Do still blocked 5s after its Timeout or stop")
+			}
+		})
+	}
+}
