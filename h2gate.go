@@ -22,7 +22,10 @@ import (
 // until it has its response, or h2Settle past its connection, or at once if its connection
 // negotiated HTTP/1.1 (nothing can be shared then); the others (followers) wait,
 // as long as their context allows, then go: over the HTTP/2 connection now pooled, or, for an
-// HTTP/1.1 host, dialling as they need. The host is forgotten when its last connection
+// HTTP/1.1 host, dialling as they need. A leader whose dial or handshake fails lets its
+// followers all go at once, each to its own dial as net/http would send them, rather than one
+// after another (a host that does not answer would otherwise cost each follower a handshake
+// timeout more); a leader whose own context ended hands the lead to a follower. The host is forgotten when its last connection
 // closes, so that a burst after an idle spell is gated too. A WebSocket upgrade, which
 // net/http sends over an HTTP/1.1 connection of its own, is never gated.
 //
@@ -38,8 +41,9 @@ type h2gate struct {
 
 // h2lead is the lead of one host.
 type h2lead struct {
-	done  chan struct{} // closed when the lead ends
-	timer *time.Timer   // ends the lead h2Settle past the leader's connection; nil before
+	done   chan struct{} // closed when the lead ends
+	timer  *time.Timer   // ends the lead h2Settle past the leader's connection; nil before
+	failed bool          // the host failed the leader: followers go ungated; set before done is closed
 }
 
 const (
@@ -68,7 +72,7 @@ func (g *h2gate) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp, err := g.next.RoundTrip(req)
 	if lead != nil {
-		g.leave(req.URL.Host, lead, err == nil)
+		g.leave(req.URL.Host, lead, err == nil, err != nil && req.Context().Err() == nil)
 	}
 	return resp, err
 }
@@ -98,13 +102,13 @@ func (g *h2gate) enter(req *http.Request) (*http.Request, *h2lead, error) {
 			trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 				if !speaksH2(info.Conn) {
 					// Nothing to share: HTTP/1.1 followers dial as they need, at once.
-					g.leave(key, l, true)
+					g.leave(key, l, true, false)
 					return
 				}
 				g.mu.Lock()
 				defer g.mu.Unlock()
 				if g.leading[key] == l && l.timer == nil {
-					l.timer = time.AfterFunc(h2Settle, func() { g.leave(key, l, true) })
+					l.timer = time.AfterFunc(h2Settle, func() { g.leave(key, l, true, false) })
 				}
 			}}
 			return req.WithContext(httptrace.WithClientTrace(req.Context(), trace)), l, nil
@@ -112,6 +116,9 @@ func (g *h2gate) enter(req *http.Request) (*http.Request, *h2lead, error) {
 		g.mu.Unlock()
 		select {
 		case <-l.done:
+			if l.failed {
+				return req, nil, nil
+			}
 		case <-req.Context().Done():
 			return req, nil, context.Cause(req.Context())
 		}
@@ -119,14 +126,16 @@ func (g *h2gate) enter(req *http.Request) (*http.Request, *h2lead, error) {
 }
 
 // leave ends the lead l of key, if it still runs: with ok, the host needs no gate from now on;
-// without, a follower leads next.
-func (g *h2gate) leave(key string, l *h2lead, ok bool) {
+// with failed, the host failed the leader and its followers go ungated; with neither, a
+// follower leads next.
+func (g *h2gate) leave(key string, l *h2lead, ok, failed bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.leading[key] != l {
 		return
 	}
 	delete(g.leading, key)
+	l.failed = failed
 	if l.timer != nil {
 		l.timer.Stop()
 	}

@@ -3,9 +3,12 @@ package httpfx_test
 import (
 	"crypto/x509"
 	"io"
+	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/httpfx/httpfx"
 	"github.com/httpfx/httpfx/internal/testutil"
@@ -97,4 +100,61 @@ func TestColdBurstDialsOnceForHTTP2(t *testing.T) {
 		app.RequireStop()
 		u.RequireNoConns(t)
 	})
+}
+
+// A cold burst to an HTTPS host that never answers the handshake is not served one handshake
+// timeout after another: once the leader's handshake fails, its followers dial together, as
+// net/http would send them, so the host sees them open at once.
+func TestColdBurstToSilentHostDialsTogether(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var open, most atomic.Int64
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := open.Add(1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			wg.Add(1)
+			go func() { // never answers the ClientHello; the client closes on its timeout
+				defer wg.Done()
+				io.Copy(io.Discard, c)
+				open.Add(-1)
+				c.Close()
+			}()
+		}
+	}()
+	app, g := relApp(t, func(c *httpfx.Config) {
+		c.TLSHandshakeTimeout = 300 * time.Millisecond
+		c.Retry.MaxAttempts = 1
+	})
+	defer app.RequireStop()
+	const n = 6
+	var calls sync.WaitGroup
+	for range n {
+		calls.Add(1)
+		go func() {
+			defer calls.Done()
+			resp, err := g.Client.Get("https://" + ln.Addr().String() + "/")
+			if err == nil {
+				resp.Body.Close()
+				t.Error("a request to a host that never answers the handshake succeeded")
+			}
+		}()
+	}
+	calls.Wait()
+	if got := most.Load(); got < n-1 {
+		t.Errorf("at most %d connections were open at once; want the %d followers together", got, n-1)
+	}
 }
