@@ -30,6 +30,7 @@ type owner struct {
 	timeoutErr error // the error of a request past Config.Timeout
 	attemptErr error // the error of an attempt past Config.Retry.AttemptTimeout
 	budgets    *budgets
+	files      *tlsFiles // keeps the TLS files current; nil if none are
 
 	// Set while the graph is built, before start; read-only afterwards.
 	client            *http.Client    // the client httpfx built, nil until built
@@ -73,6 +74,7 @@ func newOwner(cfg Config, log *zap.Logger, res Resolver, obs []Observer) (*owner
 		gateClosed: make(chan struct{}),
 	}
 	o.budgets = newBudgets(cfg.Retry.BudgetPercent, cfg.Retry.BudgetPerSecond, o.clock)
+	o.files = r.files
 	if r.files != nil {
 		r.files.log.Store(o.log)
 		o.stats.certNotAfter = r.files.certNotAfter

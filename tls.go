@@ -45,8 +45,9 @@ func (c Config) tlsConfig() (*tls.Config, *tlsFiles, error) {
 	}
 	switch {
 	case c.TLSCAReload:
-		tc.InsecureSkipVerify = true // crypto/tls's own verification gives way to verifyConnection's
-		tc.VerifyConnection = f.verifyConnection
+		// The roots as read now; the owner installs the reload once decorators had their say.
+		tc.RootCAs = f.roots.Load()
+		f.given = tc.RootCAs
 	case c.TLSCAFile != "" || c.TLSCAPEM != "":
 		pool, err := f.loadRoots()
 		if err != nil {

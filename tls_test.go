@@ -534,6 +534,75 @@ func TestCAFileRotation(t *testing.T) {
 	app.RequireStop()
 }
 
+// With TLSCAReload, what a decorator says about verification stands: its VerifyConnection runs
+// after the chain is verified against the file's roots, never in place of it; roots it sets
+// are used as they are, without reload, and a warning says so.
+func TestCAReloadKeepsDecoratorsVerification(t *testing.T) {
+	t.Parallel()
+	ours, theirs := newPKI(t), newPKI(t)
+	oursCert, _, _ := ours.issue("server", "svc.test")
+	theirsCert, _, _ := theirs.issue("server", "svc.test")
+	tests := []struct {
+		give       string
+		decorate   func(*tls.Config, *atomic.Int64)
+		wantOurs   bool // a server of our CA (the file's) is trusted
+		wantTheirs bool // a server of the decorator's CA is trusted
+		wantCalls  bool // the decorator's VerifyConnection ran
+		wantWarn   bool
+	}{
+		{give: "no decorator", decorate: func(*tls.Config, *atomic.Int64) {}, wantOurs: true},
+		{give: "a VerifyConnection of its own, set in place", decorate: func(tc *tls.Config, calls *atomic.Int64) {
+			tc.VerifyConnection = func(tls.ConnectionState) error { calls.Add(1); return nil }
+		}, wantOurs: true, wantCalls: true},
+		{give: "roots of its own, set in place", decorate: func(tc *tls.Config, _ *atomic.Int64) {
+			tc.RootCAs = theirs.pool
+		}, wantTheirs: true, wantWarn: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.give, func(t *testing.T) {
+			t.Parallel()
+			var current atomic.Pointer[tls.Certificate]
+			u := testutil.NewUnstartedServer(t, okHandler())
+			u.TLS = &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return current.Load(), nil }}
+			u.Config.ErrorLog = nopLog()
+			u.StartTLS()
+			core, logs := observer.New(zap.WarnLevel)
+			var calls atomic.Int64
+			var g graph
+			app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), fx.Supply(zap.New(core)),
+				withConfig(func(c *httpfx.Config) {
+					c.TLSCAFile, c.TLSCAOnly, c.TLSCAReload = ours.CAFile, true, true
+					c.TLSServerName = "svc.test"
+					c.TLSSessionCacheSize = 0 // every handshake a full one, that verifies the server
+				}),
+				fx.Decorate(func(tr *http.Transport) *http.Transport {
+					tt.decorate(tr.TLSClientConfig, &calls)
+					return tr
+				}))
+			app.RequireStart()
+			defer app.RequireStop()
+			for _, c := range []struct {
+				cert *tls.Certificate
+				want bool
+				name string
+			}{{&oursCert, tt.wantOurs, "our CA's"}, {&theirsCert, tt.wantTheirs, "the decorator's CA's"}} {
+				current.Store(c.cert)
+				httpfx.CloseIdleConnections(g.Client) // a new handshake
+				_, err := get(g.Client, u.URL)
+				if got := err == nil; got != c.want {
+					t.Errorf("a server with %s certificate: %v; want trusted: %v", c.name, err, c.want)
+				}
+			}
+			if got := calls.Load() > 0; got != tt.wantCalls {
+				t.Errorf("the decorator's VerifyConnection ran %d times; want it to run: %v", calls.Load(), tt.wantCalls)
+			}
+			if got := logs.FilterMessageSnippet("TLSCAReload is off").Len() > 0; got != tt.wantWarn {
+				t.Errorf("warned that TLSCAReload is off: %v, want %v", got, tt.wantWarn)
+			}
+		})
+	}
+}
+
 // copyFile writes the contents of from to to, replacing it.
 func copyFile(t testing.TB, from, to string) {
 	t.Helper()

@@ -33,6 +33,7 @@ type tlsFiles struct {
 	pair      atomic.Pointer[tls.Certificate] // nil if no client certificate is configured
 	notAfter  atomic.Int64                    // the pair's expiry, Unix nanoseconds
 	roots     atomic.Pointer[x509.CertPool]   // nil unless caReload
+	given     *x509.CertPool                  // the roots the transport's TLS config was built with, if caReload
 	checkedAt atomic.Int64                    // Unix nanoseconds
 
 	mu                  sync.Mutex
@@ -113,6 +114,34 @@ func (f *tlsFiles) certNotAfter() time.Time {
 func (f *tlsFiles) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	f.check()
 	return f.pair.Load(), nil
+}
+
+// installCAReload returns tc, cloned, verifying servers against the newest roots, if
+// TLSCAReload is set and tc, as decorators left it, still trusts the roots it was built with
+// and verifies: roots or a verification of a decorator's own are used as they are, and it
+// reports false. A VerifyConnection of tc's still runs, after the chain is verified, as
+// crypto/tls runs it. tc is cloned so that a *tls.Config shared with other clients is never
+// changed.
+func (f *tlsFiles) installCAReload(tc *tls.Config) (*tls.Config, bool) {
+	if f == nil || !f.caReload {
+		return tc, true
+	}
+	if tc == nil || tc.RootCAs != f.given || tc.InsecureSkipVerify {
+		return tc, false
+	}
+	theirs := tc.VerifyConnection
+	tc = tc.Clone()
+	tc.InsecureSkipVerify = true // crypto/tls's own verification gives way to verifyConnection's
+	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		if err := f.verifyConnection(cs); err != nil {
+			return err
+		}
+		if theirs != nil {
+			return theirs(cs)
+		}
+		return nil
+	}
+	return tc, true
 }
 
 // verifyConnection is the TLS config's VerifyConnection with TLSCAReload, in place of

@@ -53,6 +53,11 @@ func (o *owner) newClient(t *http.Transport, rt http.RoundTripper) *http.Client 
 		o.conns.health, o.conns.dns = o.health, o.dns
 		o.health.idleOpen = o.conns.longestIdle
 		o.conns.h2c = t.Protocols != nil && t.Protocols.UnencryptedHTTP2() && !t.Protocols.HTTP1()
+		// Installed now, after decorators: roots or a verification of theirs turn it off.
+		var reload bool
+		if t.TLSClientConfig, reload = o.files.installCAReload(t.TLSClientConfig); !reload {
+			o.log.Warn("httpfx TLSCAReload is off: a decorator changed the TLS roots or verification, which are used as they are")
+		}
 		// Installed now, after decorators: a certificate they configured turns it off.
 		var hint *certHint
 		if t.TLSClientConfig, hint = installHint(t.TLSClientConfig); hint != nil {
