@@ -150,7 +150,8 @@ type Config struct {
 	// TLSCAReload makes new versions of TLSCAFile apply to new handshakes, as TLSReloadInterval
 	// says. httpfx then verifies servers itself, with crypto/tls's VerifyConnection, which is
 	// not told the address of a host given as an IP address: such a host needs TLSServerName.
-	// Default false: TLSCAFile is read once, at start.
+	// A VerifyConnection a decorator sets runs after that verification; roots a decorator sets
+	// are used as they are, without reload. Default false: TLSCAFile is read once, at start.
 	TLSCAReload bool `yaml:"tls_ca_reload" json:"tls_ca_reload"`
 
 	// TLSServerName overrides the name sent in SNI and verified in upstream certificates.

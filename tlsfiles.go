@@ -20,7 +20,8 @@ import (
 // modification time changed since it was read, at most every TLSReloadInterval, with no
 // goroutine of its own. A version that fails to load (a pair written half, a file being
 // replaced) keeps the last good one, and is logged once; connections made with an older
-// certificate are not cut, they age out by MaxConnLifetime. It is safe for concurrent use.
+// certificate are not cut: HTTP/1 ones age out by MaxConnLifetime, HTTP/2 ones (which it does
+// not retire) when the server or an idle spell closes them. It is safe for concurrent use.
 type tlsFiles struct {
 	certFile, keyFile string
 	caFile, caPEM     string
