@@ -12,7 +12,9 @@ import (
 
 // Resolver looks up the IP addresses of a host for the owned transport's dials, through the
 // DNS cache (see Config.DNSTTL). *net.Resolver implements it; tests supply their own to change
-// an answer. network is "ip", "ip4" or "ip6". It must be safe for concurrent use.
+// an answer. network is "ip", "ip4" or "ip6". It must be safe for concurrent use and return
+// once ctx ends: stop waits a second for a lookup it cancelled, then leaves it running and
+// says so in its error.
 type Resolver interface {
 	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 }

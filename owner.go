@@ -2,6 +2,7 @@ package httpfx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -263,7 +264,11 @@ func (o *owner) drain(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
-	o.dns.Close() // after the dials: none can start a refresh now
+	// After the dials: none can start a refresh now. A lookup that ignores its cancellation
+	// for a second is left to finish on its own, and said.
+	if stuck := o.dns.Close(time.Second); stuck > 0 {
+		err = errors.Join(err, fmt.Errorf("httpfx: stop: %d DNS lookup(s) of the Resolver still running a second after their context was cancelled: left to finish on their own", stuck))
+	}
 	o.conns.quiet()
 	// 5. One summary line.
 	s := o.stats.Snapshot()

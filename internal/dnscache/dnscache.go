@@ -77,7 +77,8 @@ type Cache struct {
 	ctx     context.Context // of the background refreshes; nil before Start
 	cancel  context.CancelFunc
 	closed  bool
-	refresh sync.WaitGroup
+	running int           // background refreshes in flight
+	idle    chan struct{} // closed when running drops to zero after Close; nil before
 }
 
 // entry is one name's answer. Its fields but refreshAt are guarded by Cache.mu.
@@ -120,15 +121,34 @@ func (c *Cache) Start() {
 	}
 }
 
-// Close refuses further dials, stops the background refreshes and waits for them.
-func (c *Cache) Close() {
+// Close refuses further dials, cancels the background refreshes and waits up to grace for
+// them to return. It returns how many are still running then: lookups of a Resolver that
+// ignores its context, left to finish on their own (their answers are dropped).
+func (c *Cache) Close(grace time.Duration) int {
 	c.mu.Lock()
 	c.closed = true
 	if c.cancel != nil {
 		c.cancel()
 	}
+	if c.running == 0 {
+		c.mu.Unlock()
+		return 0
+	}
+	if c.idle == nil {
+		c.idle = make(chan struct{})
+	}
+	idle := c.idle
 	c.mu.Unlock()
-	c.refresh.Wait()
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case <-idle:
+		return 0
+	case <-timer.C:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.running
+	}
 }
 
 // Dial resolves addr's host (an IP address needs no lookup) and dials its addresses, within
@@ -248,18 +268,29 @@ func (c *Cache) refreshLocked(host string, e *entry) {
 		return
 	}
 	e.pending = make(chan struct{})
-	c.refresh.Add(1)
+	c.running++
 	go func() {
-		defer c.refresh.Done()
+		defer c.done()
 		ctx, cancel := context.WithTimeout(c.ctx, lookupTimeout)
 		defer cancel()
 		addrs, err := c.resolve(ctx, host)
-		if err != nil && c.ctx.Err() != nil {
-			c.abandon(e) // closed: no answer
+		if c.ctx.Err() != nil {
+			c.abandon(e) // closed: the answer is nobody's
 			return
 		}
 		c.store(host, e, addrs, err)
 	}()
+}
+
+// done counts a background refresh out.
+func (c *Cache) done() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.running--
+	if c.running == 0 && c.idle != nil {
+		close(c.idle)
+		c.idle = nil
+	}
 }
 
 // abandon ends the lookup in flight of e without an answer.

@@ -67,7 +67,7 @@ func TestKnownNameNeverWaits(t *testing.T) {
 	r := &resolver{addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
 	c := New(Config{TTL: 100 * time.Millisecond, StaleTTL: 10 * time.Second}, r, nil)
 	c.Start()
-	defer c.Close()
+	defer c.Close(time.Second)
 	dial := func() time.Duration {
 		began := time.Now()
 		conn, err := c.Dial(context.Background(), "tcp", "svc.test:"+port)
@@ -94,7 +94,7 @@ func TestRefreshBacksOffAfterFailure(t *testing.T) {
 	r := &resolver{addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
 	c := New(Config{TTL: 4 * time.Second, StaleTTL: time.Minute}, r, nil)
 	c.Start()
-	defer c.Close()
+	defer c.Close(time.Second)
 	if conn, err := c.Dial(context.Background(), "tcp", "svc.test:"+port); err == nil {
 		conn.Close()
 	}
@@ -122,7 +122,7 @@ func TestNoBackgroundBeforeStart(t *testing.T) {
 	port := listener(t)
 	r := &resolver{addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
 	c := New(Config{TTL: 20 * time.Millisecond}, r, nil)
-	defer c.Close()
+	defer c.Close(time.Second)
 	for range 5 {
 		conn, err := c.Dial(context.Background(), "tcp", "svc.test:"+port)
 		if err != nil {
@@ -155,5 +155,60 @@ func TestDialShareOfTimeout(t *testing.T) {
 	c.dialSerial(ctx, "tcp", ips, 80)
 	if len(got) != 4 || got[0] > 3*time.Second || got[0] < time.Second {
 		t.Errorf("deadlines of the four addresses: %v; want the first about a quarter of 8s", got)
+	}
+}
+
+// stuckResolver answers once, then ignores its context until release is closed, as a resolver
+// behind a library without context support may.
+type stuckResolver struct {
+	calls   atomic.Int64
+	release chan struct{}
+}
+
+func (r *stuckResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
+	if r.calls.Add(1) > 1 {
+		<-r.release
+	}
+	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+}
+
+// Close waits for a refresh that ignores its cancellation no longer than its grace, says it
+// left one running, and drops its late answer; the refresh ends when the resolver returns.
+func TestCloseLeavesStuckLookup(t *testing.T) {
+	port := listener(t)
+	r := &stuckResolver{release: make(chan struct{})}
+	gone := make(chan string, 1)
+	c := New(Config{TTL: time.Hour, StaleTTL: time.Hour}, r, func(host string, _ []netip.Addr) { gone <- host })
+	c.Start()
+	conn, err := c.Dial(context.Background(), "tcp", "svc.test:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c.mu.Lock()
+	c.names["svc.test"].refreshAt.Store(c.now()) // due now
+	c.mu.Unlock()
+	c.Due(conn.(*Conn))
+	for r.calls.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	if left := c.Close(50 * time.Millisecond); left != 1 {
+		t.Errorf("Close left %d lookups running, want 1", left)
+	}
+	close(r.release) // the refresh returns now; goleak checks it ends
+	c.mu.Lock()
+	for c.running > 0 {
+		c.mu.Unlock()
+		time.Sleep(time.Millisecond)
+		c.mu.Lock()
+	}
+	c.mu.Unlock()
+	select {
+	case host := <-gone:
+		t.Errorf("the answer of a lookup that outlived Close reached onGone (%s)", host)
+	default:
+	}
+	if left := c.Close(time.Second); left != 0 {
+		t.Errorf("a second Close left %d running", left)
 	}
 }
