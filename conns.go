@@ -372,7 +372,7 @@ func (s *connSet) release(c *conn) {
 func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if c.h != nil {
-		n, err = c.h.read(n, err, c.closed.Load())
+		n, err = c.h.read(p[:n], err, c.closed.Load())
 	}
 	return n, err
 }

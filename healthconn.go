@@ -121,17 +121,18 @@ func (ch *connHealth) taken(info httptrace.GotConnInfo, proto int32, tls, gone, 
 	return ""
 }
 
-// read notes a Read that returned n and err, and returns n and the error to report: an
-// *unsentError for a close that proves the armed request unsent. closed reports whether httpfx
-// or net/http closed the connection already.
-func (ch *connHealth) read(n int, err error, closed bool) (int, error) {
+// read notes a Read that returned data and err, and returns how much of it and the error to
+// report: an *unsentError for a close that proves the armed request unsent. closed reports
+// whether httpfx or net/http closed the connection already.
+func (ch *connHealth) read(data []byte, err error, closed bool) (int, error) {
 	now := ch.h.clock.now()
+	n := len(data)
 	if n > 0 {
 		prev := ch.lastRead.Swap(now)
 		if ch.proto.Load() != protoH1 || closed {
 			return n, err
 		}
-		if ch.tls.Load() && ch.idleFor.Load() >= int64(peekAfter) && ch.provesUnsent(prev) {
+		if ch.tls.Load() && ch.idleFor.Load() >= int64(peekAfter) && closeNotify(data) && ch.provesUnsent(prev) {
 			// Data before any of the response, which the server's TCP did not have the
 			// request to answer: its close_notify. The connection is done for.
 			return 0, &unsentError{err: io.EOF}
@@ -166,6 +167,28 @@ func (ch *connHealth) read(n int, err error, closed bool) (int, error) {
 		ch.peer.busy(idle, now) // closed under a request
 	}
 	return n, err
+}
+
+// closeNotify reports whether b is one whole TLS record that can only be the server's
+// close_notify: an alert record (up to TLS 1.2, alerts travel under their own type), or an
+// application-data record of 19 bytes (TLS 1.3, whose records all look like application data:
+// a 2-byte alert, its type and a 16-byte AEAD tag, unpadded). Anything else a server may send
+// unasked on an idle connection (a session ticket, a key update) proves nothing, as the server
+// keeps the connection and may yet read the request. A close_notify does: the server decided
+// to close before it sent it, and the segment carrying it acknowledges all the server's TCP
+// had received by then.
+func closeNotify(b []byte) bool {
+	const header, tls13Alert = 5, 2 + 1 + 16
+	if len(b) < header || int(b[3])<<8|int(b[4]) != len(b)-header {
+		return false
+	}
+	switch b[0] {
+	case 21: // alert
+		return true
+	case 23: // application data
+		return len(b)-header == tls13Alert
+	}
+	return false
 }
 
 // provesUnsent reports whether the armed request, which has read nothing of its response

@@ -472,3 +472,32 @@ func TestStopWaitsForEventsBeingTold(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Only a whole TLS record that can be nothing but a close_notify proves the armed request
+// unsent over TLS; what else a server may send unasked proves nothing.
+func TestCloseNotify(t *testing.T) {
+	t.Parallel()
+	record := func(typ byte, length int) []byte {
+		return append([]byte{typ, 3, 3, byte(length >> 8), byte(length)}, make([]byte, length)...)
+	}
+	tests := []struct {
+		give string
+		data []byte
+		want bool
+	}{
+		{give: "TLS 1.3 close_notify (19-byte application data)", data: record(23, 19), want: true},
+		{give: "TLS 1.2 alert record (AES-GCM)", data: record(21, 26), want: true},
+		{give: "TLS 1.3 key update (22 bytes)", data: record(23, 22)},
+		{give: "TLS 1.3 session ticket", data: record(23, 200)},
+		{give: "TLS 1.2 handshake (renegotiation request)", data: record(22, 36)},
+		{give: "a record and more", data: append(record(23, 19), record(23, 19)...)},
+		{give: "part of a record", data: record(23, 19)[:10]},
+		{give: "a header alone", data: record(21, 26)[:5]},
+		{give: "nothing", data: nil},
+	}
+	for _, tt := range tests {
+		if got := closeNotify(tt.data); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.give, got, tt.want)
+		}
+	}
+}
