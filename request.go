@@ -208,8 +208,11 @@ func (r *request) publish() {
 	if r.o.stopping.Load() && !r.stream {
 		r.watch() // stop is draining: it must see this request end when its context does
 	}
-	if r.stream && r.cut.Load() { // stop cut it while the round trip returned
-		r.rc.Close()
+	if r.cut.Load() { // stop cut it while the round trip returned
+		if r.stream {
+			r.rc.Close()
+		}
+		r.end(errCut)
 	}
 }
 
@@ -272,14 +275,18 @@ func (r *request) endEarly(req *http.Request, err error) error {
 // close its body. Cancelling its context is enough for net/http to let go of the round trip,
 // or of the body and its connection, as for any request whose context ends; only a 101
 // stream, which net/http handed over, is closed. The body itself is left for the caller to
-// close.
+// close. A request whose body is not out yet is ended by its own goroutine, as its round trip
+// returns (respond, or publish if it was a response), so that no other goroutine reads what
+// that one still writes.
 func (r *request) cutNow() {
 	r.cut.Store(true)
 	r.cancel()
-	if r.stream && r.bodyOut.Load() {
-		r.rc.Close()
+	if r.bodyOut.Load() {
+		if r.stream {
+			r.rc.Close()
+		}
+		r.end(errCut)
 	}
-	r.end(errCut)
 }
 
 // watch finishes the request when its context ends, in a goroutine of the context's: stop
