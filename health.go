@@ -1,6 +1,7 @@
 package httpfx
 
 import (
+	"errors"
 	"net"
 	"net/url"
 	"strconv"
@@ -175,7 +176,12 @@ func (h *health) keepAlive(u *url.URL, v string) {
 	}
 }
 
-// keepAliveTimeout returns the timeout parameter of a Keep-Alive header value, in seconds.
+// maxKeepAliveSecs caps the timeout a Keep-Alive header may announce: a day is longer than any
+// connection stays idle in the pool, and a bogus huge value cannot wrap to a tiny bound.
+const maxKeepAliveSecs = 24 * 60 * 60
+
+// keepAliveTimeout returns the timeout parameter of a Keep-Alive header value, in seconds, up
+// to maxKeepAliveSecs.
 func keepAliveTimeout(v string) (int, bool) {
 	for v != "" {
 		var part string
@@ -183,7 +189,10 @@ func keepAliveTimeout(v string) (int, bool) {
 		k, val, ok := strings.Cut(strings.TrimSpace(part), "=")
 		if ok && strings.EqualFold(strings.TrimSpace(k), "timeout") {
 			n, err := strconv.Atoi(strings.TrimSpace(val))
-			return n, err == nil && n > 0
+			if errors.Is(err, strconv.ErrRange) && !strings.HasPrefix(strings.TrimSpace(val), "-") {
+				n, err = maxKeepAliveSecs, nil
+			}
+			return min(n, maxKeepAliveSecs), err == nil && n > 0
 		}
 	}
 	return 0, false

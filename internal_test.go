@@ -178,6 +178,9 @@ func TestKeepAliveTimeout(t *testing.T) {
 		{"max=100", 0, false},
 		{"timeout=0", 0, false},
 		{"timeout=x", 0, false},
+		{"timeout=9223372036854775807", maxKeepAliveSecs, true},
+		{"timeout=99999999999999999999999", maxKeepAliveSecs, true},
+		{"timeout=-5", 0, false},
 		{"", 0, false},
 	}
 	for _, tt := range tests {

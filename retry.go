@@ -148,7 +148,14 @@ func (t *roundTripper) send(r *request, req *http.Request) (*http.Response, erro
 		if deadline, ok := r.ctx.Deadline(); ok && time.Until(deadline) <= wait {
 			return resp, err // no time left to retry: the last attempt says what went wrong
 		}
+		again, ok := rewind(req)
+		if !ok {
+			return resp, err
+		}
 		if !o.budgets.retry(b) {
+			if again != req {
+				closeBody(again)
+			}
 			o.stats.budgetRefused.Add(1)
 			if r.up != nil {
 				r.up.stats.budgetRefused.Add(1)
@@ -158,12 +165,12 @@ func (t *roundTripper) send(r *request, req *http.Request) (*http.Response, erro
 			}
 			return resp, err
 		}
-		again, ok := rewind(req)
-		if !ok {
-			return resp, err
-		}
 		if resp != nil {
 			drain(resp)
+			if r.cancelAttempt != nil { // the attempt that got resp, done with
+				r.cancelAttempt(nil)
+				r.cancelAttempt = nil
+			}
 		}
 		if wait > 0 {
 			if werr := r.sleep(wait); werr != nil {
@@ -219,8 +226,8 @@ func (r *request) retryable(req *http.Request, resp *http.Response, err error, t
 	if err != nil {
 		return 0, errors.Is(err, r.attemptTimeout) || failurePassing(err)
 	}
-	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
-		return 0, true
+	if pol.RetryAfterMax <= 0 || resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return 0, true // Retry-After ignored, or not one that carries it
 	}
 	wait, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now())
 	if !ok {

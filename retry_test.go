@@ -119,6 +119,7 @@ func TestRetryStatuses(t *testing.T) {
 		status     int
 		retryAfter func() string
 		statuses   []int
+		ignore     bool          // RetryAfterMax 0: Retry-After ignored
 		want       int           // the status the caller gets
 		minWait    time.Duration // at least, before the retry
 	}{
@@ -127,6 +128,7 @@ func TestRetryStatuses(t *testing.T) {
 		{give: "503 with Retry-After in seconds", status: 503, retryAfter: secs("1"), statuses: []int{503}, want: 200, minWait: time.Second},
 		{give: "429 with Retry-After as a date", status: 429, retryAfter: date(2 * time.Second), statuses: []int{429}, want: 200, minWait: 500 * time.Millisecond},
 		{give: "503 with Retry-After past the cap", status: 503, retryAfter: secs("10"), statuses: []int{503}, want: 503},
+		{give: "503 with Retry-After, RetryAfterMax 0 ignores it", status: 503, retryAfter: secs("10"), statuses: []int{503}, ignore: true, want: 200},
 	}
 	for _, tt := range tests {
 		t.Run(tt.give, func(t *testing.T) {
@@ -143,7 +145,12 @@ func TestRetryStatuses(t *testing.T) {
 				}
 				io.WriteString(w, "ok")
 			}))
-			app, g := relApp(t, func(c *httpfx.Config) { c.Retry.Statuses = tt.statuses })
+			app, g := relApp(t, func(c *httpfx.Config) {
+				c.Retry.Statuses = tt.statuses
+				if tt.ignore {
+					c.Retry.RetryAfterMax = 0
+				}
+			})
 			defer app.RequireStop()
 			began := time.Now()
 			resp, err := g.Client.Get(u.URL)

@@ -400,8 +400,9 @@ func TestSessionsResume(t *testing.T) {
 						full, resumed, callers, each, callers)
 				}
 				// Stats counts the connections a request took: the server may also have seen
-				// one dialled for a request that took another and closed unused.
-				if s.HandshakesFull > int64(full) || s.HandshakesResumed > int64(resumed) || s.HandshakesFull+s.HandshakesResumed < int64(full+resumed)-2 {
+				// some dialled for a request that took another and closed unused (a few,
+				// more under the race detector's slower scheduling).
+				if s.HandshakesFull > int64(full) || s.HandshakesResumed > int64(resumed) || s.HandshakesFull+s.HandshakesResumed < int64(full+resumed)-callers {
 					t.Errorf("Stats: %d full, %d resumed; the server saw %d and %d", s.HandshakesFull, s.HandshakesResumed, full, resumed)
 				}
 			})
