@@ -134,12 +134,12 @@ func point(m map[string]metricdata.Metrics, name, want string) (int64, bool) {
 // from Stats equals the Snapshot, total and per upstream.
 func TestStatsInstrumentsEqualSnapshot(t *testing.T) {
 	u := testutil.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	flaky := testutil.NewServer(t, resetFirst(t))
+	flaky := testutil.NewServer(t, testutil.ResetFirst(t))
 	tlsSrv := testutil.NewTLSServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), false)
 	refused := testutil.ClosedURL(t)
-	certFile, keyFile, notAfter := clientCert(t)
+	certFile, keyFile, notAfter := testutil.ClientCert(t)
 	cfg := httpfx.DefaultConfig()
-	cfg.TLSCAPEM = certPEM(tlsSrv.Certificate())
+	cfg.TLSCAPEM = testutil.CertPEM(tlsSrv.Certificate())
 	cfg.TLSCertFile, cfg.TLSKeyFile = certFile, keyFile
 	cfg.Retry.BudgetPercent, cfg.Retry.BudgetPerSecond = 0, 1 // 10 retries per origin in 10s
 	tel := newTelemetry(t)

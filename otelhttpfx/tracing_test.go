@@ -163,7 +163,7 @@ func TestURLFullRedacted(t *testing.T) {
 // Each time httpfx sends a request again is a client span of its own; a resend has
 // http.request.resend_count, the first send none.
 func TestResendCount(t *testing.T) {
-	u := testutil.NewServer(t, resetFirst(t))
+	u := testutil.NewServer(t, testutil.ResetFirst(t))
 	tel := newTelemetry(t)
 	var stats *httpfx.Stats
 	app, c := startTraced(t, tel, otelhttpfx.Tracing, fx.Populate(&stats))

@@ -72,7 +72,7 @@ func TestTracingWithOptions(t *testing.T) {
 // A request otelhttp's filter skips has no span of its own: the caller's span, in its
 // context, gets none of the attributes of a client span.
 func TestFilteredRequestLeavesCallerSpan(t *testing.T) {
-	u := testutil.NewServer(t, resetFirst(t))
+	u := testutil.NewServer(t, testutil.ResetFirst(t))
 	tel := newTelemetry(t)
 	app, c := startTraced(t, tel, otelhttpfx.TracingWith(otelhttp.WithFilter(func(*http.Request) bool { return false })))
 	ctx, parent := tel.tp.Tracer("test").Start(context.Background(), "caller")

@@ -104,12 +104,12 @@ func TestRegistryEqualsStats(t *testing.T) {
 		}
 		io.WriteString(w, "ok")
 	}))
-	flaky := testutil.NewServer(t, resetFirst(t)) // a new connection, so that net/http does not retry it itself
+	flaky := testutil.NewServer(t, testutil.ResetFirst(t)) // a new connection, so that net/http does not retry it itself
 	tlsSrv := testutil.NewTLSServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), false)
 	refused := testutil.ClosedURL(t)
-	certFile, keyFile, notAfter := clientCert(t)
+	certFile, keyFile, notAfter := testutil.ClientCert(t)
 	cfg := httpfx.DefaultConfig()
-	cfg.TLSCAPEM = certPEM(tlsSrv.Certificate())
+	cfg.TLSCAPEM = testutil.CertPEM(tlsSrv.Certificate())
 	cfg.TLSCertFile, cfg.TLSKeyFile = certFile, keyFile
 	cfg.Retry.BudgetPercent, cfg.Retry.BudgetPerSecond = 0, 1 // 10 retries per origin in 10s
 	reg := prometheus.NewRegistry()
