@@ -103,6 +103,9 @@ func (o *owner) begin(req *http.Request, up *sender) (*request, *http.Request, e
 	case o.health != nil:
 		ctx = withTrace(ctx, &o.conns.traceOnce, true)
 	}
+	if !again {
+		r.closeAtEnd(req.Body) // it may stream
+	}
 	send := req.WithContext(ctx)
 	if ua := o.cfg.UserAgent; ua != "" {
 		if _, set := req.Header["User-Agent"]; !set { // as net/http, an explicit "" sends none

@@ -120,11 +120,8 @@ func Attempt(ctx context.Context) int {
 func (t *roundTripper) send(r *request, req *http.Request) (*http.Response, error) {
 	o, pol := t.o, r.retry
 	b := o.budgets.request(req.URL)
-	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
-		r.closeAtEnd(req.Body)
-		if pol.MaxAttempts > 1 && safeToRetry(req) {
-			req = keepBody(req, pol.MaxBufferBytes)
-		}
+	if pol.MaxAttempts > 1 && !rewindable(req) && safeToRetry(req) {
+		req = keepBody(req, pol.MaxBufferBytes)
 	}
 	tries, replays := 0, 0
 	for {
@@ -154,7 +151,7 @@ func (t *roundTripper) send(r *request, req *http.Request) (*http.Response, erro
 		}
 		if !o.budgets.retry(b) {
 			if again != req {
-				closeBody(again)
+				again.Body.Close() // unsent
 			}
 			o.stats.budgetRefused.Add(1)
 			if r.up != nil {
