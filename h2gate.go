@@ -25,9 +25,10 @@ import (
 // HTTP/1.1 host, dialling as they need. A leader whose dial or handshake fails lets its
 // followers all go at once, each to its own dial as net/http would send them, rather than one
 // after another (a host that does not answer would otherwise cost each follower a handshake
-// timeout more); a leader whose own context ended hands the lead to a follower. The host is forgotten when its last connection
-// closes, so that a burst after an idle spell is gated too. A WebSocket upgrade, which
-// net/http sends over an HTTP/1.1 connection of its own, is never gated.
+// timeout more); a leader whose own context ended hands the lead to a follower. The host is
+// forgotten when its last connection closes, so that a burst after an idle spell is gated too.
+// A WebSocket upgrade, which net/http sends over an HTTP/1.1 connection of its own, is never
+// gated.
 //
 // A known host costs one atomic load and a map lookup per request. It is safe for concurrent
 // use.

@@ -77,13 +77,14 @@ type health struct {
 // moments of closes (closes within momentWindow of one another), at least agreeing, and two
 // in three, came at about the same idle time, while no connection was found open after a far
 // longer idle time (keptFor) and none to the address is open and idle for far longer now. A
-// moment in which the server also closed a connection under a request teaches nothing. The closes of one moment at different
-// idle times (a restart, a drain, a load balancer letting go) teach nothing: their
-// connections are simply replaced. A learned bound is re-checked by a probe every probeEvery
+// moment in which the server also closed a connection under a request teaches nothing. The
+// closes of one moment at different idle times (a restart, a drain, a load balancer letting
+// go) teach nothing: their connections are simply replaced. A learned bound is re-checked by a probe every probeEvery
 // (a connection past it is checked instead of retired): found open well past it, it is
 // dropped; found closed, it is confirmed. Only a connection idle long enough to refute the
-// bound is let through: one the server, if the bound is right, closed long ago. Unconfirmed for observedFor, it expires. A bound from a
-// Keep-Alive header holds until another header says otherwise.
+// bound is let through: one the server, if the bound is right, closed long ago. Unconfirmed
+// for observedFor, it expires. A bound from a Keep-Alive header holds until another header
+// says otherwise.
 type peer struct {
 	addr       string
 	h          *health

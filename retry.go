@@ -18,10 +18,10 @@ import (
 // RetryConfig configures when a request is sent again. In Config it holds for the shared
 // client and every upstream client; in UpstreamConfig a field that is not zero overrides it
 // for that upstream (the budget fields excepted: the budget is one per origin for the whole
-// process). A request is sent again only if it is safe to: its method is idempotent (GET,
-// HEAD, OPTIONS, TRACE, PUT, DELETE) or it carries an Idempotency-Key or X-Idempotency-Key
-// header, and its body can be sent again (none, GetBody, or one of at most MaxBufferBytes that
-// httpfx kept as it was sent). A request opts out with WithoutRetry. A request proven never to have
+// pool). A request is sent again only if it is safe to: its method is idempotent (GET, HEAD,
+// OPTIONS, TRACE, PUT, DELETE) or it carries an Idempotency-Key or X-Idempotency-Key header,
+// and its body can be sent again (none, GetBody, or one of at most MaxBufferBytes that httpfx
+// kept as it was sent). A request opts out with WithoutRetry. A request proven never to have
 // reached the server is sent again whatever its method, outside these settings.
 type RetryConfig struct {
 	// MaxAttempts is how many times at most one request is sent, the first time included. In

@@ -8,11 +8,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -56,25 +53,4 @@ func ClientCert(t testing.TB) (certFile, keyFile string, notAfter time.Time) {
 // CertPEM is the PEM text of a test server's certificate, for Config.TLSCAPEM.
 func CertPEM(c *x509.Certificate) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
-}
-
-// ResetFirst returns a handler that resets the connection of its first request, before any
-// response, and answers "ok" to the others: the first attempt fails, a retry passes.
-func ResetFirst(t testing.TB) http.Handler {
-	var calls atomic.Int64
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if calls.Add(1) > 1 {
-			w.Write([]byte("ok"))
-			return
-		}
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		if tc, ok := conn.(*net.TCPConn); ok {
-			tc.SetLinger(0) // a reset, not a clean close
-		}
-		conn.Close()
-	})
 }

@@ -217,3 +217,24 @@ func (r *Resolver) Hang(on bool) {
 	defer r.mu.Unlock()
 	r.hang = on
 }
+
+// ResetFirst returns a handler that resets the connection of its first request, before any
+// response, and answers "ok" to the others: the first attempt fails, a retry passes.
+func ResetFirst(t testing.TB) http.Handler {
+	var calls atomic.Int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) > 1 {
+			w.Write([]byte("ok"))
+			return
+		}
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if tc, ok := conn.(*net.TCPConn); ok {
+			tc.SetLinger(0) // a reset, not a clean close
+		}
+		conn.Close()
+	})
+}
