@@ -181,6 +181,16 @@ func (h *health) keepAlive(u *url.URL, v string) {
 // connection stays idle in the pool, and a bogus huge value cannot wrap to a tiny bound.
 const maxKeepAliveSecs = 24 * 60 * 60
 
+// closing is told that the server of u's dialled address ends a connection in use with its
+// response (Connection: close): as a server does that restarts, drains or goes away (nginx,
+// Go's Server.Shutdown, Envoy), or one that caps the requests of a connection, and not an
+// idle timer. The closes of that moment teach nothing.
+func (h *health) closing(u *url.URL) {
+	if p, ok := h.peers.Load(net.JoinHostPort(u.Hostname(), portOf(u))); ok {
+		p.(*peer).busy(0, h.clock.now())
+	}
+}
+
 // keepAliveTimeout returns the timeout parameter of a Keep-Alive header value, in seconds, up
 // to maxKeepAliveSecs.
 func keepAliveTimeout(v string) (int, bool) {

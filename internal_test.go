@@ -374,6 +374,7 @@ func TestPeerLearnsOnlyATimer(t *testing.T) {
 		give   string
 		closes []close
 		open   []close // connections found open after an idle time, at a moment
+		ending []int   // ms when a response said Connection: close
 		want   time.Duration
 	}{
 		{give: "one close", closes: []close{{0, ms(150)}}},
@@ -394,28 +395,37 @@ func TestPeerLearnsOnlyATimer(t *testing.T) {
 		{give: "learned, then found open a little past it (a timer that fires late)",
 			closes: []close{{0, ms(150)}, {500, ms(150)}, {1000, ms(150)}}, open: []close{{1500, ms(170)}}, want: ms(150)},
 		{give: "three moments far apart in idle time", closes: []close{{0, ms(150)}, {500, ms(400)}, {1000, ms(900)}}},
+		{give: "restarts whose idle closes agree, with responses saying Connection: close",
+			closes: []close{{0, ms(150)}, {500, ms(152)}, {900, ms(158)}}, ending: []int{10, 510, 880}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.give, func(t *testing.T) {
 			p := new(peer)
 			type event struct {
-				at   int
-				idle time.Duration
-				open bool
+				at     int
+				idle   time.Duration
+				open   bool
+				ending bool
 			}
 			var evs []event
 			for _, c := range tt.closes {
-				evs = append(evs, event{c.at, c.idle, false})
+				evs = append(evs, event{c.at, c.idle, false, false})
 			}
 			for _, c := range tt.open {
-				evs = append(evs, event{c.at, c.idle, true})
+				evs = append(evs, event{c.at, c.idle, true, false})
+			}
+			for _, at := range tt.ending {
+				evs = append(evs, event{at: at, ending: true})
 			}
 			slices.SortFunc(evs, func(a, b event) int { return a.at - b.at })
 			for _, e := range evs {
 				now := int64(ms(e.at))
-				if e.open {
+				switch {
+				case e.ending:
+					p.busy(0, now) // as health.closing tells it
+				case e.open:
 					p.open(e.idle, now)
-				} else {
+				default:
 					p.closed(e.idle, now)
 				}
 			}

@@ -185,6 +185,9 @@ func (r *request) respond(req *http.Request, resp *http.Response, err error) (*h
 	if ka := resp.Header["Keep-Alive"]; len(ka) > 0 && r.o.health != nil {
 		r.o.health.keepAlive(req.URL, ka[0])
 	}
+	if resp.Close && r.o.health != nil {
+		r.o.health.closing(req.URL)
+	}
 	switch {
 	case body.None(req, resp):
 		r.end(nil)
