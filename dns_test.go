@@ -7,10 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,34 +256,20 @@ func TestHangingResolverStallsNoDial(t *testing.T) {
 	app.RequireStop()
 }
 
-// ignoringResolver answers its first lookup, then ignores its context until release is
-// closed, as a resolver behind a library without context support may.
-type ignoringResolver struct {
-	calls   atomic.Int64
-	release chan struct{}
-}
-
-func (r *ignoringResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
-	if r.calls.Add(1) > 1 {
-		<-r.release
-	}
-	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
-}
-
 // A background refresh stuck in a Resolver that ignores its cancellation does not hold stop:
 // stop returns, saying it left the lookup running.
 func TestStopLeavesStuckResolver(t *testing.T) {
 	u := testutil.NewServer(t, okHandler())
 	_, port, _ := net.SplitHostPort(u.Listener.Addr().String())
-	r := &ignoringResolver{release: make(chan struct{})}
-	defer close(r.release) // before goleak's check: the lookup ends then
+	r := &testutil.IgnoringResolver{Release: make(chan struct{})}
+	defer close(r.Release) // before goleak's check: the lookup ends then
 	var g graph
 	app := fxtest.New(t, fx.NopLogger, httpfx.Module, populate(&g), withResolver(r),
 		withConfig(func(c *httpfx.Config) { c.DNSTTL = 40 * time.Millisecond }))
 	app.RequireStart()
 	url := "http://svc.test:" + port + "/"
 	mustGet(t, g.Client, url)
-	for r.calls.Load() < 2 { // past 3/4 of DNSTTL, a request starts a refresh
+	for r.Calls.Load() < 2 { // past 3/4 of DNSTTL, a request starts a refresh
 		time.Sleep(20 * time.Millisecond)
 		mustGet(t, g.Client, url)
 	}

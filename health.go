@@ -248,10 +248,8 @@ func (p *peer) closed(d time.Duration, now int64) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.roll(now)
 	m := &p.moment
-	if (m.n > 0 || m.busy) && now-m.at > int64(momentWindow) {
-		p.judge(now)
-	}
 	if m.n == 0 && !m.busy {
 		*m = closeMoment{at: now, min: int64(d), max: int64(d)}
 	} else if m.n == 0 {
@@ -272,15 +270,20 @@ func (p *peer) busy(d time.Duration, now int64) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.roll(now)
 	m := &p.moment
-	if (m.n > 0 || m.busy) && now-m.at > int64(momentWindow) {
-		p.judge(now)
-	}
 	if m.n == 0 && !m.busy {
 		m.at = now
 	}
 	m.busy = true
 	p.judging.Store(true)
+}
+
+// roll judges the current moment of closes if now is past its window. p.mu is held.
+func (p *peer) roll(now int64) {
+	if m := &p.moment; (m.n > 0 || m.busy) && now-m.at > int64(momentWindow) {
+		p.judge(now)
+	}
 }
 
 // judge weighs the moment of closes that ended, as evidence of an idle timer. p.mu is held.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/httpfx/httpfx/internal/testutil"
 	"go.uber.org/goleak"
 )
 
@@ -158,25 +159,11 @@ func TestDialShareOfTimeout(t *testing.T) {
 	}
 }
 
-// stuckResolver answers once, then ignores its context until release is closed, as a resolver
-// behind a library without context support may.
-type stuckResolver struct {
-	calls   atomic.Int64
-	release chan struct{}
-}
-
-func (r *stuckResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
-	if r.calls.Add(1) > 1 {
-		<-r.release
-	}
-	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
-}
-
 // Close waits for a refresh that ignores its cancellation no longer than its grace, says it
 // left one running, and drops its late answer; the refresh ends when the resolver returns.
 func TestCloseLeavesStuckLookup(t *testing.T) {
 	port := listener(t)
-	r := &stuckResolver{release: make(chan struct{})}
+	r := &testutil.IgnoringResolver{Release: make(chan struct{})}
 	gone := make(chan string, 1)
 	c := New(Config{TTL: time.Hour, StaleTTL: time.Hour}, r, func(host string, _ []netip.Addr) { gone <- host })
 	c.Start()
@@ -189,13 +176,13 @@ func TestCloseLeavesStuckLookup(t *testing.T) {
 	c.names["svc.test"].refreshAt.Store(c.now()) // due now
 	c.mu.Unlock()
 	c.Due(conn.(*Conn))
-	for r.calls.Load() < 2 {
+	for r.Calls.Load() < 2 {
 		time.Sleep(time.Millisecond)
 	}
 	if left := c.Close(50 * time.Millisecond); left != 1 {
 		t.Errorf("Close left %d lookups running, want 1", left)
 	}
-	close(r.release) // the refresh returns now; goleak checks it ends
+	close(r.Release) // the refresh returns now; goleak checks it ends
 	c.mu.Lock()
 	for c.running > 0 {
 		c.mu.Unlock()

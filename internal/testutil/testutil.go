@@ -238,3 +238,19 @@ func ResetFirst(t testing.TB) http.Handler {
 		conn.Close()
 	})
 }
+
+// IgnoringResolver answers its first lookup with 127.0.0.1, then ignores its context until
+// Release is closed, as a resolver behind a library without context support may. It counts
+// the lookups. It is safe for concurrent use.
+type IgnoringResolver struct {
+	Calls   atomic.Int64
+	Release chan struct{}
+}
+
+// LookupNetIP implements httpfx.Resolver.
+func (r *IgnoringResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
+	if r.Calls.Add(1) > 1 {
+		<-r.Release
+	}
+	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+}
