@@ -12,10 +12,10 @@ import (
 )
 
 const (
-	// learnMin is the shortest idle time after which a server's close teaches anything: a
-	// close right after a response is the server's choice for that response, and under load a
-	// restart or a reload closes connections idle for a few milliseconds; idle timers that
-	// short are not seen in practice.
+	// learnMin is the shortest idle time after which a server's close may be an idle timer's:
+	// a close right after a response is the server's choice for that response, and under load a
+	// restart or a reload closes connections idle for a few milliseconds, so such a close marks
+	// its moment as no timer's; idle timers that short are not seen in practice.
 	learnMin = 50 * time.Millisecond
 
 	// peekAfter is how long a connection must have been idle before a request that takes it
@@ -241,9 +241,15 @@ func spread(d int64) int64 { return max(d/16, int64(5*time.Millisecond)) }
 func refuted(d int64) int64 { return max(2*d, d+int64(250*time.Millisecond)) }
 
 // closed is told that the server closed a connection that had been idle for d, at now on
-// health's clock.
+// health's clock. A connection closed barely idle was not closed by a timer: its moment,
+// whose other closes may look like a timer's (connections that went idle together under a
+// stall), teaches nothing.
 func (p *peer) closed(d time.Duration, now int64) {
-	if d < learnMin || p.fromHeader.Load() {
+	if p.fromHeader.Load() {
+		return
+	}
+	if d < learnMin {
+		p.busy(0, now)
 		return
 	}
 	p.mu.Lock()

@@ -395,6 +395,8 @@ func TestPeerLearnsOnlyATimer(t *testing.T) {
 		{give: "learned, then found open a little past it (a timer that fires late)",
 			closes: []close{{0, ms(150)}, {500, ms(150)}, {1000, ms(150)}}, open: []close{{1500, ms(170)}}, want: ms(150)},
 		{give: "three moments far apart in idle time", closes: []close{{0, ms(150)}, {500, ms(400)}, {1000, ms(900)}}},
+		{give: "restarts whose idle closes agree, with barely idle connections closed too",
+			closes: []close{{0, ms(150)}, {1, ms(3)}, {500, ms(152)}, {501, ms(1)}, {900, ms(2)}, {901, ms(158)}}},
 		{give: "restarts whose idle closes agree, with responses saying Connection: close",
 			closes: []close{{0, ms(150)}, {500, ms(152)}, {900, ms(158)}}, ending: []int{10, 510, 880}},
 	}

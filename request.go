@@ -174,6 +174,13 @@ func rewindable(req *http.Request) bool {
 // the request with the error that says why; a response without a body ends it at once; any
 // other response is returned with a body that ends it when it is closed, read to EOF or fails.
 func (r *request) respond(req *http.Request, resp *http.Response, err error) (*http.Response, error) {
+	if err == nil && r.ctx.Err() != nil {
+		// net/http hands back a response that raced the cancellation, which may be the
+		// server's reaction to it (a handler cut short answers with what it had): as for a
+		// body that ends then, the request failed with its context.
+		resp.Body.Close()
+		resp, err = nil, context.Cause(r.ctx)
+	}
 	if err != nil {
 		err = r.why(err)
 		r.end(err)

@@ -552,3 +552,47 @@ func TestHTTP1OnlyTLSIsNotGated(t *testing.T) {
 		t.Errorf("after %v: err = %v; want the upstream's 200ms Timeout", took, err)
 	}
 }
+
+// closeCounter counts the Closes of a response body.
+type closeCounter struct {
+	io.Reader
+	closes int
+}
+
+func (c *closeCounter) Close() error { c.closes++; return nil }
+
+// A response that net/http hands back after the request's context ended (it raced the
+// cancellation, and may be the server's reaction to it: a handler cut short answers with what
+// it had) is the request's failure, with its context's cause; its body is closed.
+func TestResponseRacingTheDeadlineFails(t *testing.T) {
+	t.Parallel()
+	o, err := newOwner(DefaultConfig(), nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	timeout := &timeoutError{what: "Config.Timeout", d: time.Millisecond}
+	ctx, cancel := context.WithDeadlineCause(context.Background(), time.Now().Add(-time.Second), timeout)
+	defer cancel()
+	seq, ok := o.admit()
+	if !ok {
+		t.Fatal("not admitted")
+	}
+	r := &request{o: o, parent: context.Background(), ctx: ctx, cancel: cancel, timeout: timeout}
+	r.body.r = r
+	if !o.requests.add(r, seq) {
+		t.Fatal("request refused")
+	}
+	req := httptest.NewRequest(http.MethodGet, "http://svc.test/", nil)
+	body := &closeCounter{Reader: strings.NewReader("")}
+	resp := &http.Response{StatusCode: http.StatusOK, Body: body, ContentLength: 0, Header: http.Header{}, Request: req}
+	got, err := r.respond(req, resp, nil)
+	if got != nil || !errors.Is(err, timeout) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("respond: %v, %v; want no response and the Timeout", got, err)
+	}
+	if body.closes != 1 {
+		t.Errorf("the response body was closed %d times, want once", body.closes)
+	}
+	if s := o.stats.Snapshot(); s.InFlight != 0 || s.Failed != 1 {
+		t.Errorf("in flight %d, failed %d; want 0 and 1", s.InFlight, s.Failed)
+	}
+}
